@@ -1,0 +1,47 @@
+//! `paystream`: one binary, a subcommand per process or operator task.
+//!
+//! `main` only parses the command line, sets up logging and dispatches; each
+//! subcommand's work lives in its own module (and, for processes, in its own crate).
+
+mod connect;
+mod migrate;
+mod topics;
+
+use clap::{Parser, Subcommand};
+use paystream_stack::StackSettings;
+
+#[derive(Parser)]
+#[command(name = "paystream", version, about = "Payment processing on Kafka, exactly once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the embedded migrations of the wallet and ledger databases.
+    Migrate(migrate::Args),
+    /// Kafka topics of the payment flow.
+    #[command(subcommand)]
+    Topics(topics::Command),
+    /// Debezium connectors in Kafka Connect.
+    #[command(subcommand)]
+    Connect(connect::Command),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = StackSettings::from_env();
+    match cli.command {
+        Command::Migrate(args) => migrate::run(&settings, args).await,
+        Command::Topics(command) => topics::run(&settings, command).await,
+        Command::Connect(command) => connect::run(&settings, command).await,
+    }
+}

@@ -1,0 +1,124 @@
+# Shared by the dev/ scripts: where things live, logging, bounded waits, process control.
+# Sourced, not run. Every wait has a timeout and names the log file to read when it fails.
+
+set -euo pipefail
+
+DEV_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$DEV_DIR/.." && pwd)"
+
+# Downloads (Maven repository, jars, cargo target dir) live outside the clone so that a
+# fresh clone reuses them; the stack's runtime state lives beside them.
+PAYSTREAM_CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
+PAYSTREAM_STATE="${PAYSTREAM_STATE:-$PAYSTREAM_CACHE/state}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}"
+M2_REPO="$PAYSTREAM_CACHE/m2"
+JARS_DIR="$PAYSTREAM_CACHE/jars"
+PLUGINS_DIR="$PAYSTREAM_CACHE/plugins"
+LOG_DIR="$PAYSTREAM_STATE/logs"
+RUN_DIR="$PAYSTREAM_STATE/run"
+mkdir -p "$PAYSTREAM_CACHE" "$PAYSTREAM_STATE" "$LOG_DIR" "$RUN_DIR"
+
+# Addresses of the local stack (the Rust side reads the same defaults in stack/src/settings.rs).
+KAFKA_BOOTSTRAP=127.0.0.1:9092
+CONNECT_URL=http://127.0.0.1:8083
+PG_HOST=127.0.0.1
+PG_PORT=5432
+
+# Budgets for each start; a cold JVM on 2 busy cores needs tens of seconds, not minutes.
+KAFKA_START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
+CONNECT_START_TIMEOUT_S="${CONNECT_START_TIMEOUT_S:-150}"
+PG_START_TIMEOUT_S="${PG_START_TIMEOUT_S:-60}"
+STOP_TIMEOUT_S="${STOP_TIMEOUT_S:-30}"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+log()  { printf '\033[1m[dev]\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33m[dev] %s\033[0m\n' "$*" >&2; }
+die()  { printf '\033[1;31m[dev] error: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# phase NAME CMD...: runs CMD and prints how long it took, so CI logs show where time goes.
+phase() {
+  local name="$1"; shift
+  local started=$SECONDS
+  log "── $name"
+  "$@"
+  log "── $name done in $((SECONDS - started)) s"
+}
+
+# wait_for NAME TIMEOUT_S LOGFILE CMD...: polls CMD every half second until it succeeds.
+# On timeout it prints the last lines of LOGFILE and fails with a message naming NAME.
+wait_for() {
+  local name="$1" timeout_s="$2" logfile="$3"; shift 3
+  local deadline=$((SECONDS + timeout_s))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      if [ -n "$logfile" ] && [ -f "$logfile" ]; then
+        warn "last lines of $logfile:"
+        tail -n 30 "$logfile" >&2 || true
+      fi
+      die "$name did not become ready within ${timeout_s} s (log: ${logfile:-none})"
+    fi
+    sleep 0.5
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# pid_alive NAME: whether the process recorded in $RUN_DIR/NAME.pid is running.
+pid_alive() {
+  local pidfile="$RUN_DIR/$1.pid"
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+# start_daemon NAME LOGFILE CMD...: starts CMD detached from this shell (its own session),
+# output appended to LOGFILE, pid recorded for stop_daemon.
+start_daemon() {
+  local name="$1" logfile="$2"; shift 2
+  setsid nohup "$@" >>"$logfile" 2>&1 < /dev/null &
+  echo $! > "$RUN_DIR/$name.pid"
+}
+
+# stop_daemon NAME: SIGTERM (graceful: Kafka flushes and closes its logs), SIGKILL after
+# STOP_TIMEOUT_S.
+stop_daemon() {
+  local name="$1" pidfile="$RUN_DIR/$1.pid"
+  if ! pid_alive "$name"; then rm -f "$pidfile"; return 0; fi
+  local pid; pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT_S))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      warn "$name did not stop within ${STOP_TIMEOUT_S} s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.5
+  done
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+# The JVMs log through log4j2 into one file each.
+java_log_opts() {
+  echo "-Dlog4j2.configurationFile=$DEV_DIR/config/log4j2.properties -Dpaystream.log.file=$1"
+}
+
+# render TEMPLATE OUT: substitutes @STATE@ and @PLUGINS@ in a config template.
+render() {
+  sed -e "s|@STATE@|$PAYSTREAM_STATE|g" -e "s|@PLUGINS@|$PLUGINS_DIR|g" "$1" > "$2"
+}
+
+# The Postgres major version installed by Debian's package (newest if several).
+pg_version() {
+  ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1
+}
+
+# psql as the postgres superuser over the local socket.
+pg_super() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"
+  else
+    sudo -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@"
+  fi
+}
