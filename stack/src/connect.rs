@@ -153,7 +153,8 @@ impl ConnectClient {
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<ServerInfo, NotReady> {
         let what = format!("Kafka Connect at {}", self.base_url);
         wait::until_ready(what, timeout, || async {
-            let health = self.http.get(format!("{}/health", self.base_url)).send().await.map_err(|e| e.to_string())?;
+            let health =
+                self.http.get(format!("{}/health", self.base_url)).send().await.map_err(|e| e.to_string())?;
             if !health.status().is_success() {
                 return Err(format!("GET /health answered {}", health.status()));
             }
@@ -191,7 +192,9 @@ impl ConnectClient {
     pub async fn status(&self, name: &str) -> Result<ConnectorStatus, ConnectError> {
         let path = format!("/connectors/{name}/status");
         match self.call("GET", &path, None).await? {
-            Some(value) => serde_json::from_value(value).map_err(|e| api_error("GET", &path, 200, e.to_string())),
+            Some(value) => {
+                serde_json::from_value(value).map_err(|e| api_error("GET", &path, 200, e.to_string()))
+            }
             None => Err(ConnectError::NotFound(name.to_owned())),
         }
     }
@@ -204,22 +207,40 @@ impl ConnectClient {
 
     /// Waits until the connector and its tasks run; a FAILED state ends the wait at once
     /// with the worker's stack trace.
-    pub async fn wait_until_running(&self, name: &str, timeout: Duration) -> Result<ConnectorStatus, ConnectError> {
+    pub async fn wait_until_running(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ConnectorStatus, ConnectError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let last = match self.status(name).await {
                 Ok(status) if status.is_running() => return Ok(status),
                 Ok(status) => {
                     if let Some(trace) = status.failure() {
-                        return Err(api_error("GET", &format!("/connectors/{name}/status"), 200, format!("FAILED: {trace}")));
+                        return Err(api_error(
+                            "GET",
+                            &format!("/connectors/{name}/status"),
+                            200,
+                            format!("FAILED: {trace}"),
+                        ));
                     }
-                    format!("connector {} tasks {:?}", status.connector.state, status.tasks.iter().map(|t| &t.state).collect::<Vec<_>>())
+                    format!(
+                        "connector {} tasks {:?}",
+                        status.connector.state,
+                        status.tasks.iter().map(|t| &t.state).collect::<Vec<_>>()
+                    )
                 }
                 Err(ConnectError::NotFound(_)) => "not created yet".to_owned(),
                 Err(other) => return Err(other),
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(api_error("GET", &format!("/connectors/{name}/status"), 200, format!("not RUNNING after {timeout:?}: {last}")));
+                return Err(api_error(
+                    "GET",
+                    &format!("/connectors/{name}/status"),
+                    200,
+                    format!("not RUNNING after {timeout:?}: {last}"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(REBALANCE_BACKOFF_MS)).await;
         }
@@ -227,7 +248,12 @@ impl ConnectClient {
 
     /// One REST call. 404 becomes `Ok(None)`; 409 (the worker group is rebalancing) is
     /// retried a bounded number of times; any other non-2xx is an error with Connect's message.
-    async fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> Result<Option<Value>, ConnectError> {
+    async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Value>, ConnectError> {
         let url = format!("{}{}", self.base_url, path);
         let mut attempt = 0;
         loop {

@@ -200,9 +200,8 @@ pub async fn wait_until_ready(bootstrap: &str, timeout: Duration) -> Result<(), 
         async move {
             tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let consumer: BaseConsumer = base_config(&bootstrap).create().map_err(|e| e.to_string())?;
-                let metadata = consumer
-                    .fetch_metadata(None, Duration::from_secs(2))
-                    .map_err(|e| e.to_string())?;
+                let metadata =
+                    consumer.fetch_metadata(None, Duration::from_secs(2)).map_err(|e| e.to_string())?;
                 if metadata.brokers().is_empty() {
                     return Err("metadata lists no broker".to_owned());
                 }

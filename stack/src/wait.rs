@@ -6,14 +6,15 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Pause between two probes of the same dependency.
 pub const PROBE_INTERVAL_MS: u64 = 250;
 
 /// What to tell a person when a local dependency is missing.
-pub const LOCAL_STACK_HINT: &str =
-    "start the local stack with `dev/up` (state and logs: `dev/status`)";
+pub const LOCAL_STACK_HINT: &str = "start the local stack with `dev/up` (state and logs: `dev/status`)";
 
 /// A dependency did not become ready within its budget.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,13 @@ mod tests {
         let value = until_ready("thing", Duration::from_secs(10), || {
             calls += 1;
             let n = calls;
-            async move { if n < 3 { Err("not yet") } else { Ok(n) } }
+            async move {
+                if n < 3 {
+                    Err("not yet")
+                } else {
+                    Ok(n)
+                }
+            }
         })
         .await
         .unwrap();
