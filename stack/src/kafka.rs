@@ -115,6 +115,7 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::new("payments.initiated", partitions).with_config("retention.ms", WEEK_MS),
         TopicSpec::new("payments.callbacks", partitions).with_config("retention.ms", WEEK_MS),
         TopicSpec::new("payments.provider-commands", partitions).with_config("retention.ms", WEEK_MS),
+        TopicSpec::new("payments.dispatch-outcomes", partitions).with_config("retention.ms", WEEK_MS),
         TopicSpec::new("payments.timers", partitions).with_config("retention.ms", WEEK_MS),
         TopicSpec::new("payments.results", partitions).with_config("retention.ms", MONTH_MS),
         TopicSpec::new("payments.dlq", partitions).with_config("retention.ms", MONTH_MS),

@@ -24,7 +24,8 @@ pub struct StackSettings {
 /// Default addresses of the stack `dev/up` starts.
 pub const LOCAL_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const LOCAL_CONNECT_URL: &str = "http://127.0.0.1:8083";
-pub const LOCAL_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:8081";
+/// Apicurio serves the Confluent API under `/apis/ccompat/v7`; no trailing slash.
+pub const LOCAL_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
 pub const LOCAL_WALLET_DB_URL: &str = "postgres://wallet:wallet@127.0.0.1:5432/wallet";
 pub const LOCAL_LEDGER_DB_URL: &str = "postgres://ledger:ledger@127.0.0.1:5432/ledger";
 

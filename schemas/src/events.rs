@@ -1,0 +1,384 @@
+//! The contracts: one Rust type per `.avsc` in `schemas/avro/`.
+//!
+//! Enums carry an `Unknown` variant that mirrors the contract's default symbol: a reader
+//! built before a symbol was added reads it as `Unknown` instead of failing, and its
+//! processor decides what an unknown status means (usually: dead-letter it).
+
+use std::sync::OnceLock;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use uuid::Uuid;
+
+use crate::event::{avro, parse_contract, ContractError, Event, RecordReader};
+use crate::money::Amount;
+use crate::time::Timestamp;
+
+/// Topic names of the payment flow (the stack crate creates them; a test keeps the two in step).
+pub mod topics {
+    pub const PAYMENTS_INITIATED: &str = "payments.initiated";
+    pub const PAYMENTS_CALLBACKS: &str = "payments.callbacks";
+    pub const PAYMENTS_PROVIDER_COMMANDS: &str = "payments.provider-commands";
+    pub const PAYMENTS_DISPATCH_OUTCOMES: &str = "payments.dispatch-outcomes";
+    pub const PAYMENTS_TIMERS: &str = "payments.timers";
+    pub const PAYMENTS_RESULTS: &str = "payments.results";
+}
+
+/// Implements the contract half of [`Event`]: the embedded `.avsc`, its topic, the parsed schema.
+macro_rules! contract {
+    ($name:literal, $topic:expr) => {
+        const SCHEMA_JSON: &'static str = include_str!(concat!("../avro/", $name, ".avsc"));
+        const TOPIC: &'static str = $topic;
+
+        fn schema() -> &'static Schema {
+            static SCHEMA: OnceLock<Schema> = OnceLock::new();
+            SCHEMA.get_or_init(|| parse_contract($name, Self::SCHEMA_JSON))
+        }
+    };
+}
+
+/// An Avro enum with a default symbol: the Rust enum, its symbols in contract order, and
+/// the mapping both ways (an unknown symbol maps to the default).
+macro_rules! avro_enum {
+    ($(#[$doc:meta])* $name:ident { $default:ident => $default_symbol:literal $(, $variant:ident => $symbol:literal)* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $default,
+            $($variant,)*
+        }
+
+        impl $name {
+            /// The contract's symbols, in order.
+            pub const SYMBOLS: &'static [&'static str] = &[$default_symbol $(, $symbol)*];
+
+            pub fn symbol(self) -> &'static str {
+                match self {
+                    Self::$default => $default_symbol,
+                    $(Self::$variant => $symbol,)*
+                }
+            }
+
+            /// The variant of `symbol`; a symbol this build does not know is the default.
+            pub fn from_symbol(symbol: &str) -> Self {
+                match symbol {
+                    $($symbol => Self::$variant,)*
+                    _ => Self::$default,
+                }
+            }
+
+            fn to_avro(self) -> Value {
+                avro::symbol(Self::SYMBOLS, self.symbol())
+            }
+        }
+    };
+}
+
+avro_enum!(
+    /// The provider's verdict on a charge.
+    ProviderStatus { Unknown => "UNKNOWN", Succeeded => "SUCCEEDED", Failed => "FAILED" }
+);
+avro_enum!(
+    /// The final outcome of a payment.
+    PaymentResultStatus {
+        Unknown => "UNKNOWN",
+        Completed => "COMPLETED",
+        Failed => "FAILED",
+        FailedTimeout => "FAILED_TIMEOUT",
+    }
+);
+avro_enum!(
+    /// What the dispatcher made of a charge command.
+    DispatchResult {
+        Unknown => "UNKNOWN",
+        Accepted => "ACCEPTED",
+        Rejected => "REJECTED",
+        RetriesExhausted => "RETRIES_EXHAUSTED",
+    }
+);
+avro_enum!(
+    /// What a timer is for.
+    TimerKind { Unknown => "UNKNOWN", PaymentTimeout => "PAYMENT_TIMEOUT", CallbackRetention => "CALLBACK_RETENTION" }
+);
+
+/// A payment was accepted and its amount reserved (`PaymentInitiated.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentInitiated {
+    pub event_id: Uuid,
+    pub payment_id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: Amount,
+    pub currency: String,
+    pub kind: String,
+    pub description: String,
+    pub requested_at: Timestamp,
+    pub initiated_at: Timestamp,
+}
+
+impl Event for PaymentInitiated {
+    contract!("PaymentInitiated", topics::PAYMENTS_INITIATED);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("eventId", avro::uuid(self.event_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("walletId", avro::uuid(self.wallet_id)),
+            ("amount", avro::amount(self.amount)),
+            ("currency", avro::string(&self.currency)),
+            ("kind", avro::string(&self.kind)),
+            ("description", avro::string(&self.description)),
+            ("requestedAt", avro::timestamp(self.requested_at)),
+            ("initiatedAt", avro::timestamp(self.initiated_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            event_id: r.uuid("eventId")?,
+            payment_id: r.uuid("paymentId")?,
+            wallet_id: r.uuid("walletId")?,
+            amount: r.amount("amount")?,
+            currency: r.string("currency")?,
+            kind: r.string("kind")?,
+            description: r.string("description")?,
+            requested_at: r.timestamp("requestedAt")?,
+            initiated_at: r.timestamp("initiatedAt")?,
+        })
+    }
+}
+
+/// The provider's signed callback, accepted (`ProviderCallbackReceived.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderCallbackReceived {
+    pub event_id: Uuid,
+    pub payment_id: Uuid,
+    pub provider_event_id: String,
+    pub status: ProviderStatus,
+    pub description: String,
+    pub provider_timestamp: Timestamp,
+    pub received_at: Timestamp,
+}
+
+impl Event for ProviderCallbackReceived {
+    contract!("ProviderCallbackReceived", topics::PAYMENTS_CALLBACKS);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("eventId", avro::uuid(self.event_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("providerEventId", avro::string(&self.provider_event_id)),
+            ("status", self.status.to_avro()),
+            ("description", avro::string(&self.description)),
+            ("providerTimestamp", avro::timestamp(self.provider_timestamp)),
+            ("receivedAt", avro::timestamp(self.received_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            event_id: r.uuid("eventId")?,
+            payment_id: r.uuid("paymentId")?,
+            provider_event_id: r.string("providerEventId")?,
+            status: ProviderStatus::from_symbol(&r.symbol("status")?),
+            description: r.string("description")?,
+            provider_timestamp: r.timestamp("providerTimestamp")?,
+            received_at: r.timestamp("receivedAt")?,
+        })
+    }
+}
+
+/// The one final outcome of a payment (`PaymentResult.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentResult {
+    pub payment_result_id: Uuid,
+    pub payment_id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: Amount,
+    pub status: PaymentResultStatus,
+    pub reason: String,
+    pub decided_at: Timestamp,
+}
+
+impl PaymentResult {
+    /// The namespace of result ids (UUIDv5): the same payment and outcome always give the
+    /// same id, so a replayed decision is recognised as the same result.
+    pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1e_3a52_9c1d_4b7e_a0b2_7d55_c3e1_9a40);
+
+    /// The deterministic id of the result `status` for `payment_id`.
+    pub fn id_for(payment_id: Uuid, status: PaymentResultStatus) -> Uuid {
+        let name = format!("{payment_id}/{}", status.symbol());
+        Uuid::new_v5(&Self::ID_NAMESPACE, name.as_bytes())
+    }
+}
+
+impl Event for PaymentResult {
+    contract!("PaymentResult", topics::PAYMENTS_RESULTS);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("paymentResultId", avro::uuid(self.payment_result_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("walletId", avro::uuid(self.wallet_id)),
+            ("amount", avro::amount(self.amount)),
+            ("status", self.status.to_avro()),
+            ("reason", avro::string(&self.reason)),
+            ("decidedAt", avro::timestamp(self.decided_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            payment_result_id: r.uuid("paymentResultId")?,
+            payment_id: r.uuid("paymentId")?,
+            wallet_id: r.uuid("walletId")?,
+            amount: r.amount("amount")?,
+            status: PaymentResultStatus::from_symbol(&r.symbol("status")?),
+            reason: r.string("reason")?,
+            decided_at: r.timestamp("decidedAt")?,
+        })
+    }
+}
+
+/// The saga's request to charge (`ChargeCommand.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargeCommand {
+    pub command_id: Uuid,
+    pub payment_id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: Amount,
+    pub currency: String,
+    pub description: String,
+    pub issued_at: Timestamp,
+}
+
+impl Event for ChargeCommand {
+    contract!("ChargeCommand", topics::PAYMENTS_PROVIDER_COMMANDS);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("commandId", avro::uuid(self.command_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("walletId", avro::uuid(self.wallet_id)),
+            ("amount", avro::amount(self.amount)),
+            ("currency", avro::string(&self.currency)),
+            ("description", avro::string(&self.description)),
+            ("issuedAt", avro::timestamp(self.issued_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            command_id: r.uuid("commandId")?,
+            payment_id: r.uuid("paymentId")?,
+            wallet_id: r.uuid("walletId")?,
+            amount: r.amount("amount")?,
+            currency: r.string("currency")?,
+            description: r.string("description")?,
+            issued_at: r.timestamp("issuedAt")?,
+        })
+    }
+}
+
+/// What became of a charge command (`DispatchOutcome.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchOutcome {
+    pub command_id: Uuid,
+    pub payment_id: Uuid,
+    pub outcome: DispatchResult,
+    pub attempts: i32,
+    pub detail: String,
+    pub decided_at: Timestamp,
+}
+
+impl Event for DispatchOutcome {
+    contract!("DispatchOutcome", topics::PAYMENTS_DISPATCH_OUTCOMES);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("commandId", avro::uuid(self.command_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("outcome", self.outcome.to_avro()),
+            ("attempts", Value::Int(self.attempts)),
+            ("detail", avro::string(&self.detail)),
+            ("decidedAt", avro::timestamp(self.decided_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            command_id: r.uuid("commandId")?,
+            payment_id: r.uuid("paymentId")?,
+            outcome: DispatchResult::from_symbol(&r.symbol("outcome")?),
+            attempts: r.int("attempts")?,
+            detail: r.string("detail")?,
+            decided_at: r.timestamp("decidedAt")?,
+        })
+    }
+}
+
+/// What happened to a timer: the two branches of `TimerEvent.event`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerChange {
+    /// The saga asked for the timer.
+    Scheduled { scheduled_at: Timestamp },
+    /// The timer processor found it due.
+    Fired { fired_at: Timestamp },
+}
+
+/// A durable timer on `payments.timers` (`TimerEvent.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerEvent {
+    pub timer_id: Uuid,
+    pub payment_id: Uuid,
+    pub kind: TimerKind,
+    pub due_at: Timestamp,
+    pub change: TimerChange,
+}
+
+impl Event for TimerEvent {
+    contract!("TimerEvent", topics::PAYMENTS_TIMERS);
+
+    fn to_avro(&self) -> Value {
+        let change = match self.change {
+            TimerChange::Scheduled { scheduled_at } => {
+                Value::Union(0, Box::new(avro::record(vec![("scheduledAt", avro::timestamp(scheduled_at))])))
+            }
+            TimerChange::Fired { fired_at } => {
+                Value::Union(1, Box::new(avro::record(vec![("firedAt", avro::timestamp(fired_at))])))
+            }
+        };
+        avro::record(vec![
+            ("timerId", avro::uuid(self.timer_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("kind", self.kind.to_avro()),
+            ("dueAt", avro::timestamp(self.due_at)),
+            ("event", change),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        let timer_id = r.uuid("timerId")?;
+        let payment_id = r.uuid("paymentId")?;
+        let kind = TimerKind::from_symbol(&r.symbol("kind")?);
+        let due_at = r.timestamp("dueAt")?;
+        let change = match r.union("event")? {
+            (0, branch) => {
+                TimerChange::Scheduled { scheduled_at: RecordReader::new(branch)?.timestamp("scheduledAt")? }
+            }
+            (1, branch) => TimerChange::Fired { fired_at: RecordReader::new(branch)?.timestamp("firedAt")? },
+            (index, _) => {
+                return Err(ContractError::OutOfRange {
+                    field: "event",
+                    value: format!("union branch {index}"),
+                })
+            }
+        };
+        Ok(Self { timer_id, payment_id, kind, due_at, change })
+    }
+}
