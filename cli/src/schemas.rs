@@ -6,7 +6,9 @@
 //! any producer tries to write with it.
 
 use anyhow::{bail, Context};
-use paystream_schemas::registry::{catalog, CheckOutcome, Compatibility, RegistryClient};
+use paystream_schemas::registry::{
+    catalog, CheckOutcome, Compatibility, RegistryClient, CONTRACT_COMPATIBILITY,
+};
 use paystream_stack::StackSettings;
 
 #[derive(clap::Subcommand)]
@@ -27,26 +29,27 @@ pub async fn run(settings: &StackSettings, command: Command) -> anyhow::Result<(
         bail!("the registry enforces no compatibility (global rule NONE); set it to BACKWARD or stricter");
     }
     match command {
-        Command::Check => check(&registry, level).await,
+        Command::Check => check(&registry).await,
         Command::Register => register(&registry).await,
     }
 }
 
-async fn check(registry: &RegistryClient, level: Compatibility) -> anyhow::Result<()> {
+async fn check(registry: &RegistryClient) -> anyhow::Result<()> {
     let mut incompatible = Vec::new();
     for contract in catalog() {
+        let level = registry.compatibility(&contract.subject).await?;
         match registry.check(&contract.subject, contract.schema).await? {
             CheckOutcome::NewSubject => println!("new           {}", contract.subject),
             CheckOutcome::Compatible => println!("compatible    {}", contract.subject),
             CheckOutcome::Incompatible { messages } => {
-                println!("INCOMPATIBLE  {} ({})", contract.subject, messages.join("; "));
+                println!("INCOMPATIBLE  {} under {level:?} ({})", contract.subject, messages.join("; "));
                 incompatible.push(contract.subject);
             }
         }
     }
     if !incompatible.is_empty() {
         bail!(
-            "{} contract(s) break the registry's {level:?} rule: {}. Evolve them compatibly \
+            "{} contract(s) break their subject's compatibility rule: {}. Evolve them compatibly \
              (README: \"Evolving a contract\") or register them under a new subject",
             incompatible.len(),
             incompatible.join(", ")
@@ -58,10 +61,10 @@ async fn check(registry: &RegistryClient, level: Compatibility) -> anyhow::Resul
 async fn register(registry: &RegistryClient) -> anyhow::Result<()> {
     for contract in catalog() {
         let id = registry
-            .register(&contract.subject, contract.schema)
+            .register_with_rule(&contract.subject, contract.schema, CONTRACT_COMPATIBILITY)
             .await
             .with_context(|| format!("registering {} under {}", contract.name, contract.subject))?;
-        tracing::info!(subject = %contract.subject, id, "registered");
+        tracing::info!(subject = %contract.subject, id, rule = ?CONTRACT_COMPATIBILITY, "registered");
     }
     Ok(())
 }

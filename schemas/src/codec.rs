@@ -13,6 +13,8 @@
 use std::sync::Once;
 use std::time::Duration;
 
+use apache_avro::types::Value;
+use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
@@ -78,6 +80,10 @@ impl DecodeError {
 }
 
 /// Encodes and decodes paystream events in the Confluent wire format.
+///
+/// The encoder caches the writer schema per subject: one codec writes one version of each
+/// contract, the one it was built with, as a deployed producer does. Decoding reads any
+/// version by the id in the frame.
 pub struct EventCodec {
     /// Registers/looks up writer schemas and frames bodies; caches ids per subject.
     encoder: AvroEncoder,
@@ -101,21 +107,38 @@ impl EventCodec {
 
     /// Encodes `event` with its own contract (registered under `<topic>-value` if it is not yet).
     pub async fn encode<E: Event>(&self, event: &E) -> Result<Vec<u8>, EncodeError> {
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-            E::TOPIC.to_owned(),
-            false,
-            SuppliedSchema::new(None, SchemaType::Avro, E::SCHEMA_JSON.to_owned()),
-        );
-        let encoded = self.encoder.encode_value(event.to_avro(), &strategy).await;
-        if encoded.is_err() {
-            // A failure is cached by the encoder; a later attempt must ask the registry again.
-            self.encoder.remove_errors_from_cache();
-        }
-        encoded.map_err(|source| EncodeError::Registry { subject: E::subject(), source })
+        self.encode_value(E::TOPIC, E::SCHEMA_JSON, event.to_avro()).await
     }
 
     /// Decodes a Confluent-framed payload into `E`.
     pub async fn decode<E: Event>(&self, payload: &[u8]) -> Result<E, DecodeError> {
+        let value = self.decode_value(payload, E::schema()).await?;
+        Ok(E::from_avro(value)?)
+    }
+
+    /// Encodes an Avro value written with `writer_schema` (JSON text) for `topic`'s value
+    /// subject. The typed [`EventCodec::encode`] is this with the event's contract.
+    pub async fn encode_value(
+        &self,
+        topic: &str,
+        writer_schema: &str,
+        value: Value,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+            topic.to_owned(),
+            false,
+            SuppliedSchema::new(None, SchemaType::Avro, writer_schema.to_owned()),
+        );
+        let encoded = self.encoder.encode_value(value, &strategy).await;
+        if encoded.is_err() {
+            // A failure is cached by the encoder; a later attempt must ask the registry again.
+            self.encoder.remove_errors_from_cache();
+        }
+        encoded.map_err(|source| EncodeError::Registry { subject: format!("{topic}-value"), source })
+    }
+
+    /// Decodes a framed payload with its writer's schema and resolves it to `reader`.
+    pub async fn decode_value(&self, payload: &[u8], reader: &Schema) -> Result<Value, DecodeError> {
         let framed = wire::parse(payload)?;
         // Fetching the writer schema first tells an unknown id apart from a bad body.
         if let Err(error) = self.decoder.get_schema(framed.schema_id).await {
@@ -125,12 +148,11 @@ impl EventCodec {
             schema_id: framed.schema_id,
             detail: e.cause.clone().unwrap_or(e.error),
         })?;
-        let resolved = decoded.value.resolve(E::schema()).map_err(|e| DecodeError::Incompatible {
+        widen_decimals(decoded.value).resolve(reader).map_err(|e| DecodeError::Incompatible {
             schema_id: framed.schema_id,
-            reader: E::subject(),
+            reader: reader.name().map_or_else(|| "the reader schema".to_owned(), ToString::to_string),
             detail: e.to_string(),
-        })?;
-        Ok(E::from_avro(resolved)?)
+        })
     }
 
     fn registry_error(&self, error: SRCError, schema_id: u32) -> DecodeError {
@@ -145,5 +167,58 @@ impl EventCodec {
         } else {
             DecodeError::Registry(error.to_string())
         }
+    }
+}
+
+/// Byte length every decimal is sign-extended to before resolution: holds precision 38.
+const DECIMAL_RESOLVE_BYTES: usize = 16;
+
+/// Sign-extends every `decimal` in `value` to [`DECIMAL_RESOLVE_BYTES`].
+///
+/// apache-avro 0.22's `Value::resolve` refuses a `bytes` decimal whose *byte length* could
+/// not hold the schema's full precision (`max_prec_for_len(len) < precision`), although
+/// Avro writers (Java, fastavro, this crate) write the minimal two's-complement length:
+/// 1.00 at precision 18 arrives as 1 byte and would be refused. Sign extension does not
+/// change the number, so widening first makes every valid decimal resolve.
+fn widen_decimals(value: Value) -> Value {
+    match value {
+        Value::Decimal(decimal) => match Vec::<u8>::try_from(&decimal) {
+            Ok(bytes) if bytes.len() < DECIMAL_RESOLVE_BYTES => {
+                let fill = if bytes.first().is_some_and(|b| b & 0x80 != 0) { 0xFF } else { 0x00 };
+                let mut wide = vec![fill; DECIMAL_RESOLVE_BYTES - bytes.len()];
+                wide.extend_from_slice(&bytes);
+                Value::Decimal(apache_avro::Decimal::from(wide))
+            }
+            _ => Value::Decimal(decimal),
+        },
+        Value::Record(fields) => {
+            Value::Record(fields.into_iter().map(|(k, v)| (k, widen_decimals(v))).collect())
+        }
+        Value::Union(index, inner) => Value::Union(index, Box::new(widen_decimals(*inner))),
+        Value::Array(items) => Value::Array(items.into_iter().map(widen_decimals).collect()),
+        Value::Map(entries) => Value::Map(entries.into_iter().map(|(k, v)| (k, widen_decimals(v))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widening_keeps_the_number_and_lets_minimal_decimals_resolve() {
+        let schema =
+            Schema::parse_str(r#"{"type":"bytes","logicalType":"decimal","precision":18,"scale":2}"#)
+                .unwrap();
+        let one_byte = Value::Decimal(apache_avro::Decimal::from(vec![0x64u8]));
+        assert!(one_byte.clone().resolve(&schema).is_err(), "the upstream check this works around");
+        let widened = widen_decimals(one_byte).resolve(&schema).unwrap();
+        let Value::Decimal(d) = widened else { panic!("not a decimal") };
+        let bytes = Vec::<u8>::try_from(&d).unwrap();
+        assert_eq!(bytes.len(), DECIMAL_RESOLVE_BYTES);
+        assert_eq!(crate::Amount::from_avro_bytes(&bytes).unwrap().minor(), 100);
+        let negative = widen_decimals(Value::Decimal(apache_avro::Decimal::from(vec![0xFFu8])));
+        let Value::Decimal(d) = negative else { panic!("not a decimal") };
+        assert!(Vec::<u8>::try_from(&d).unwrap().iter().all(|b| *b == 0xFF), "-1 stays -1");
     }
 }

@@ -81,8 +81,15 @@ impl Amount {
         bytes[start..].to_vec()
     }
 
-    /// Reads Avro `decimal` bytes at scale 2, validating the amount.
+    /// Reads Avro `decimal` bytes at scale 2, validating the amount. Redundant sign
+    /// extension (leading 0x00 or 0xFF that repeat the sign) is accepted: writers may pad.
     pub fn from_avro_bytes(bytes: &[u8]) -> Result<Self, AmountError> {
+        let mut bytes = bytes;
+        while bytes.len() > 1
+            && ((bytes[0] == 0x00 && bytes[1] & 0x80 == 0) || (bytes[0] == 0xFF && bytes[1] & 0x80 != 0))
+        {
+            bytes = &bytes[1..];
+        }
         if bytes.is_empty() || bytes.len() > 8 {
             return Err(AmountError::BadBytes(bytes.len()));
         }
@@ -144,6 +151,8 @@ mod tests {
         assert_eq!(Amount::from_avro_bytes(&[0xFF]), Err(AmountError::NotPositive));
         assert_eq!(Amount::from_avro_bytes(&[0x00]), Err(AmountError::NotPositive));
         assert_eq!(Amount::from_avro_bytes(&[0x7F; 9]), Err(AmountError::BadBytes(9)));
+        assert_eq!(Amount::from_avro_bytes(&[0x00, 0x00, 0x00, 0x96]).unwrap().minor(), 150, "padded");
+        assert_eq!(Amount::from_avro_bytes(&[0xFF; 16]), Err(AmountError::NotPositive), "padded -1");
         assert_eq!(Amount::from_avro_bytes(&[0x17, 0x48, 0x76, 0xE8, 0x00]), Err(AmountError::TooLarge));
     }
 }

@@ -79,6 +79,12 @@ pub enum CheckOutcome {
     },
 }
 
+/// The rule paystream's contract subjects are registered under. Payment events are read
+/// by several services that are released on their own schedules, and topics keep a month
+/// of history: a new reader must read every old record (BACKWARD) and an old reader every
+/// new record (FORWARD), against all versions, not just the last (TRANSITIVE).
+pub const CONTRACT_COMPATIBILITY: Compatibility = Compatibility::FullTransitive;
+
 /// One contract of the catalog: the subject it is registered under and its schema text.
 #[derive(Clone, Debug)]
 pub struct Contract {
@@ -146,6 +152,41 @@ impl RegistryClient {
         let _: serde_json::Value =
             self.send(self.http.put(self.url(&path)).json(&json!({ "compatibility": level }))).await?;
         Ok(())
+    }
+
+    /// The rule that applies to `subject`: its own, else the global one.
+    pub async fn compatibility(&self, subject: &str) -> Result<Compatibility, RegistryError> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(rename = "compatibilityLevel")]
+            level: Compatibility,
+        }
+        let url = self.url(&format!("/config/{subject}?defaultToGlobal=true"));
+        match self.send::<Config>(self.http.get(url)).await {
+            Ok(config) => Ok(config.level),
+            Err(e) if e.error_code().is_some_and(|c| c / 100 == 404) => self.global_compatibility().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers `schema` under `subject` and makes `level` the subject's rule (first the
+    /// rule, so an existing subject is checked under it; a new subject takes it after its
+    /// first version, because the registry keeps no rule for a subject that does not exist).
+    pub async fn register_with_rule(
+        &self,
+        subject: &str,
+        schema: &str,
+        level: Compatibility,
+    ) -> Result<u32, RegistryError> {
+        let exists = self.latest(subject).await?.is_some();
+        if exists {
+            self.set_compatibility(Some(subject), level).await?;
+        }
+        let id = self.register(subject, schema).await?;
+        if !exists {
+            self.set_compatibility(Some(subject), level).await?;
+        }
+        Ok(id)
     }
 
     /// Registers `schema` under `subject`; the same schema again returns the same id.
