@@ -15,11 +15,13 @@
 //!   read their status).
 //! - [`postgres`]: connection pools and the embedded migrations of the `wallet` and
 //!   `ledger` databases.
+//! - [`testkit`]: helpers for integration tests against the real stack.
 
 pub mod connect;
 pub mod kafka;
 pub mod postgres;
 pub mod settings;
+pub mod testkit;
 pub mod wait;
 
 pub use settings::StackSettings;

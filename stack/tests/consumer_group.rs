@@ -1,13 +1,11 @@
 //! A consumer group really splits partitions: two members of one group get disjoint
 //! assignments that cover the topic, and together receive every record exactly once.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
 use paystream_stack::kafka;
+use paystream_stack::testkit::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

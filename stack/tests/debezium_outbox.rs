@@ -6,18 +6,13 @@
 //! The test runs the real definition against a table, publication, slot and topic of its
 //! own, so it cannot disturb the stack's connectors and can run twice in a row.
 
-mod common;
-
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-use paystream_stack::connect::{ConnectClient, ConnectorDefinition};
-use paystream_stack::postgres;
-use sqlx::PgPool;
+use paystream_stack::connect::ConnectorDefinition;
+use paystream_stack::testkit::*;
 use uuid::Uuid;
 
-const CONNECTOR_TIMEOUT: Duration = Duration::from_secs(90);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long we keep listening after the expected records arrived, to catch duplicates.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(4);
@@ -55,63 +50,11 @@ async fn insert(tx: &mut sqlx::PgConnection, table: &str, topic: &str, event: &O
     .expect("insert outbox row");
 }
 
-/// Waits until Debezium holds the replication slot: rows committed from then on are in
-/// the stream the connector reads.
-async fn wait_for_active_slot(db: &PgPool, slot: &str) {
-    let started = Instant::now();
-    loop {
-        let active: Option<bool> =
-            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(slot)
-                .fetch_optional(db)
-                .await
-                .expect("query pg_replication_slots");
-        if active == Some(true) {
-            return;
-        }
-        assert!(started.elapsed() < CONNECTOR_TIMEOUT, "slot {slot} not active after {CONNECTOR_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Removes what a test connector leaves behind: the connector, its slot (once Debezium
-/// has let go of it), its publication and table.
-async fn remove_test_connector(db: &PgPool, connect: &ConnectClient, name: &str, table: &str) {
-    connect.delete(name).await.unwrap_or_else(|e| panic!("deleting connector {name}: {e}"));
-    let started = Instant::now();
-    loop {
-        let dropped = sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-        )
-        .bind(table)
-        .execute(db)
-        .await;
-        let remaining: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
-                .bind(table)
-                .fetch_one(db)
-                .await
-                .unwrap();
-        if dropped.is_ok() && remaining == 0 {
-            break;
-        }
-        assert!(started.elapsed() < CONNECTOR_TIMEOUT, "slot {table} still held after deleting {name}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    sqlx::query(&format!("DROP PUBLICATION IF EXISTS {table}")).execute(db).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(db).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn outbox_rows_reach_their_topic_exactly_once_with_headers() {
     let settings = kafka_stack().await;
-    let connect = ConnectClient::new(&settings.connect_url).unwrap();
-    if let Err(not_ready) = connect.wait_until_ready(STACK_TIMEOUT).await {
-        panic!("{not_ready}");
-    }
-    let db =
-        postgres::connect(&settings.wallet_db_url, STACK_TIMEOUT).await.unwrap_or_else(|e| panic!("{e}"));
-    postgres::migrate_wallet(&db).await.expect("wallet migrations");
+    let connect = connect_stack(&settings).await;
+    let db = wallet_db(&settings).await;
 
     let suffix = Uuid::new_v4().simple().to_string()[..12].to_owned();
     let table = format!("it_outbox_{suffix}");

@@ -2,12 +2,10 @@
 //! records only, aborted records stay invisible, and offsets sent to a transaction
 //! become the group's committed offsets exactly when the transaction commits.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use paystream_stack::kafka;
+use paystream_stack::testkit::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paystream_schemas::events::PaymentInitiated;
@@ -9,6 +10,7 @@ use paystream_schemas::registry::RegistryClient;
 use paystream_schemas::time;
 use paystream_schemas::{Amount, EventCodec};
 use paystream_stack::{wait, StackSettings};
+use serde_json::Value;
 use uuid::Uuid;
 
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,4 +46,44 @@ pub fn payment_initiated() -> PaymentInitiated {
         requested_at: time::from_micros(1_764_300_000_123_456).unwrap(),
         initiated_at: time::from_micros(1_764_300_000_654_321).unwrap(),
     }
+}
+
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn python() -> PathBuf {
+    if let Ok(path) = std::env::var("PAYSTREAM_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var("PAYSTREAM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/paystream"));
+    let python = cache.join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: run dev/install (it creates the test venv)", python.display());
+    python
+}
+
+pub fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/confluent_client.py")
+}
+
+/// Runs the Python client and returns its stdout lines as JSON.
+pub async fn run_python(settings: &StackSettings, args: &[&str]) -> Vec<Value> {
+    let mut command = tokio::process::Command::new(python());
+    command
+        .arg(script())
+        .args(args)
+        .args(["--bootstrap", &settings.kafka_bootstrap, "--registry", &settings.schema_registry_url])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(PYTHON_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("the Python client did not finish within {PYTHON_TIMEOUT:?}"))
+        .expect("start the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the Python client failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().map(|line| serde_json::from_str(line).expect("JSON line")).collect()
 }

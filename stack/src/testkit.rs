@@ -1,13 +1,19 @@
-//! Shared by the stack's integration tests: unique names (tests run in any order and
-//! twice in a row against one long-lived stack), bounded readiness checks with a clear
-//! message when the stack is missing, and bounded consumption.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers for integration tests against the real stack, shared by every crate's tests:
+//! unique names (tests run in any order, in parallel and twice in a row against one
+//! long-lived stack), bounded readiness checks that panic with a clear message when a
+//! dependency is missing, and bounded consumption. Production code does not use it.
+//!
+//! Its functions panic instead of returning errors: a failed set-up step is a failed test.
 
 use std::time::{Duration, Instant};
 
-use paystream_stack::kafka::{self, TopicSpec};
-use paystream_stack::StackSettings;
+use sqlx::PgPool;
+
+use crate::connect::ConnectClient;
+use crate::postgres;
+
+use crate::kafka::{self, TopicSpec};
+use crate::StackSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
@@ -108,4 +114,71 @@ pub fn consumer(settings: &StackSettings, topic: &str, isolation: &str) -> BaseC
     let consumer: BaseConsumer = config.create().expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
+}
+
+/// How long a test waits for a connector to run, or its slot to be taken or released.
+pub const CONNECTOR_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The Connect worker, once it answers (panics naming it and `dev/up` otherwise).
+pub async fn connect_stack(settings: &StackSettings) -> ConnectClient {
+    let connect = ConnectClient::new(&settings.connect_url).expect("connect client");
+    if let Err(not_ready) = connect.wait_until_ready(STACK_TIMEOUT).await {
+        panic!("{not_ready}");
+    }
+    connect
+}
+
+/// A pool on the wallet database, migrated.
+pub async fn wallet_db(settings: &StackSettings) -> PgPool {
+    let db =
+        postgres::connect(&settings.wallet_db_url, STACK_TIMEOUT).await.unwrap_or_else(|e| panic!("{e}"));
+    postgres::migrate_wallet(&db).await.expect("wallet migrations");
+    db
+}
+
+/// Waits until Debezium holds the replication slot: rows committed from then on are in
+/// the stream the connector reads.
+pub async fn wait_for_active_slot(db: &PgPool, slot: &str) {
+    let started = Instant::now();
+    loop {
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(slot)
+                .fetch_optional(db)
+                .await
+                .expect("query pg_replication_slots");
+        if active == Some(true) {
+            return;
+        }
+        assert!(started.elapsed() < CONNECTOR_TIMEOUT, "slot {slot} not active after {CONNECTOR_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes what a test connector leaves behind: the connector, its slot (once Debezium
+/// has let go of it), its publication and table.
+pub async fn remove_test_connector(db: &PgPool, connect: &ConnectClient, name: &str, table: &str) {
+    connect.delete(name).await.unwrap_or_else(|e| panic!("deleting connector {name}: {e}"));
+    let started = Instant::now();
+    loop {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(table)
+        .execute(db)
+        .await;
+        let remaining: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(table)
+                .fetch_one(db)
+                .await
+                .unwrap();
+        if dropped.is_ok() && remaining == 0 {
+            break;
+        }
+        assert!(started.elapsed() < CONNECTOR_TIMEOUT, "slot {table} still held after deleting {name}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sqlx::query(&format!("DROP PUBLICATION IF EXISTS {table}")).execute(db).await.unwrap();
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(db).await.unwrap();
 }
