@@ -28,6 +28,9 @@ REGISTRY_HEALTH_URL=http://127.0.0.1:9081/health/ready
 PG_HOST=127.0.0.1
 PG_PORT=5432
 
+# The API's bearer-token secret on the local stack only (tests mint tokens with it).
+export PAYSTREAM_JWT_HS256_SECRET="${PAYSTREAM_JWT_HS256_SECRET:-paystream-local-development-secret-0123456789}"
+
 # Budgets for each start; a cold JVM on 2 busy cores needs tens of seconds, not minutes.
 KAFKA_START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
 CONNECT_START_TIMEOUT_S="${CONNECT_START_TIMEOUT_S:-150}"

@@ -1,3 +1,32 @@
-//! The HTTP edge (axum): accounts, payment ingest, provider callbacks, queries.
+//! paystream's HTTP edge.
 //!
-//! Not built yet: reserved by the foundation; the wallet and saga issues fill it.
+//! The wallet service's REST API: accounts (seed 004) and payment ingest (seed 000,
+//! `POST /api/v1/payment`). Every write is one Postgres transaction; a payment's event
+//! leaves through the outbox in that same transaction, so an accepted payment and its
+//! `PaymentInitiated` exist together or not at all.
+//!
+//! # Layout
+//! - [`server`]: the router, its layers (body limit, metrics), serving with graceful shutdown.
+//! - [`state`]: what every handler shares: the wallet pool, the event codec, the authenticator.
+//! - [`auth`]: `Authorization: Bearer` JWTs (HS256 or RS256); the caller is the token's subject.
+//! - [`error`]: [`ApiError`], the one error type, rendered as `application/problem+json`.
+//! - [`extract`]: a JSON extractor whose rejections are problems too.
+//! - [`money`]: exact decimal amounts in JSON (never through a float).
+//! - [`timestamp`]: the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` timestamps.
+//! - [`accounts`]: create a wallet, deposit (idempotent on `Idempotency-Key`), read balances.
+//! - [`payments`]: accept a payment: idempotency, ownership, balance, reserve, outbox.
+//! - [`metrics`]: Prometheus metrics of the edge.
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod money;
+pub mod payments;
+pub mod server;
+pub mod state;
+pub mod timestamp;
+
+pub use error::ApiError;
+pub use state::AppState;

@@ -3,9 +3,11 @@
 //! `main` only parses the command line, sets up logging and dispatches; each
 //! subcommand's work lives in its own module (and, for processes, in its own crate).
 
+mod api;
 mod connect;
 mod migrate;
 mod schemas;
+mod shutdown;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The HTTP API: accounts and payment ingest.
+    Api(api::Args),
     /// Apply the embedded migrations of the wallet and ledger databases.
     Migrate(migrate::Args),
     /// Kafka topics of the payment flow.
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = StackSettings::from_env();
     match cli.command {
+        Command::Api(args) => api::run(&settings, args).await,
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,

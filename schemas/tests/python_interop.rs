@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{payment_initiated, registry, run_python};
+use common::{initiated_json, payment_initiated, registry, run_python};
 use paystream_schemas::events::{PaymentInitiated, PaymentResult, PaymentResultStatus};
 use paystream_schemas::time::{from_micros, to_micros};
 use paystream_schemas::wire;
@@ -19,20 +19,6 @@ use paystream_stack::testkit::{consume_until, consumer, create_topic, delete_top
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-fn initiated_json(event: &PaymentInitiated) -> Value {
-    json!({
-        "eventId": event.event_id.to_string(),
-        "paymentId": event.payment_id.to_string(),
-        "walletId": event.wallet_id.to_string(),
-        "amount": event.amount.to_string(),
-        "currency": event.currency,
-        "kind": event.kind,
-        "description": event.description,
-        "requestedAt": to_micros(event.requested_at),
-        "initiatedAt": to_micros(event.initiated_at),
-    })
-}
 
 fn result_json(result: &PaymentResult) -> Value {
     json!({

@@ -8,8 +8,10 @@ use std::time::Duration;
 use paystream_schemas::events::PaymentInitiated;
 use paystream_schemas::registry::RegistryClient;
 use paystream_schemas::time;
+use paystream_schemas::time::to_micros;
 use paystream_schemas::{Amount, EventCodec};
 use paystream_stack::{wait, StackSettings};
+use serde_json::json;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -86,4 +88,19 @@ pub async fn run_python(settings: &StackSettings, args: &[&str]) -> Vec<Value> {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout.lines().map(|line| serde_json::from_str(line).expect("JSON line")).collect()
+}
+
+/// A PaymentInitiated in the Python client's normalised JSON form.
+pub fn initiated_json(event: &PaymentInitiated) -> Value {
+    json!({
+        "eventId": event.event_id.to_string(),
+        "paymentId": event.payment_id.to_string(),
+        "walletId": event.wallet_id.to_string(),
+        "amount": event.amount.to_string(),
+        "currency": event.currency,
+        "kind": event.kind,
+        "description": event.description,
+        "requestedAt": to_micros(event.requested_at),
+        "initiatedAt": to_micros(event.initiated_at),
+    })
 }

@@ -1,0 +1,311 @@
+//! `POST /api/v1/payment` (seed 000): accept a payment, exactly once.
+//!
+//! In ONE Postgres transaction: idempotency on paymentId, ownership, the balance check,
+//! the reservation (available → reserved), the `wallet_transactions` row (PENDING) and the
+//! outbox row carrying `PaymentInitiated`, already in the registered Avro contract.
+//! Debezium streams the outbox row to `payments.initiated`; nothing here talks to Kafka.
+//!
+//! Concurrency: the wallet row is locked (`FOR UPDATE`) for the decision, so concurrent
+//! payments on one wallet are serialised and can never overdraw it; the CHECK constraints
+//! on `wallets` are the second line of defence.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use paystream_schemas::events::{topics, PaymentInitiated};
+use paystream_schemas::{time, Amount};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::AppState;
+use crate::{money, timestamp};
+
+/// What a payment may be for. A closed list: an unknown kind is a client bug, refused
+/// before any money moves.
+pub const PAYMENT_KINDS: &[&str] = &["purchase", "transfer", "mobile", "utilities", "subscription", "other"];
+/// Longest accepted description, in characters.
+pub const DESCRIPTION_CHARS_MAX: usize = 500;
+
+/// The request body of seed 000.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PaymentRequest {
+    payment_id: Uuid,
+    wallet: Uuid,
+    #[serde(deserialize_with = "money::exact")]
+    amount: Decimal,
+    kind: String,
+    description: String,
+    timestamp: String,
+}
+
+/// The response of seed 000: the payment and when it was accepted.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentAccepted {
+    payment_id: Uuid,
+    timestamp: String,
+}
+
+/// A validated request.
+struct Payment {
+    payment_id: Uuid,
+    wallet_id: Uuid,
+    amount: Amount,
+    kind: String,
+    description: String,
+    requested_at: DateTime<Utc>,
+}
+
+impl PaymentRequest {
+    fn validate(self) -> Result<Payment, ApiError> {
+        let amount = Amount::try_from_decimal(self.amount)
+            .map_err(|e| ApiError::validation("amount", e.to_string()))?;
+        if !PAYMENT_KINDS.contains(&self.kind.as_str()) {
+            return Err(ApiError::validation("kind", format!("must be one of {}", PAYMENT_KINDS.join(", "))));
+        }
+        if self.description.chars().count() > DESCRIPTION_CHARS_MAX {
+            return Err(ApiError::validation(
+                "description",
+                format!("must be at most {DESCRIPTION_CHARS_MAX} characters"),
+            ));
+        }
+        let requested_at = timestamp::parse(&self.timestamp)
+            .ok_or_else(|| ApiError::validation("timestamp", "must be yyyyMMdd-HH:mm:ss:SSSSSS (UTC)"))?;
+        Ok(Payment {
+            payment_id: self.payment_id,
+            wallet_id: self.wallet,
+            amount,
+            kind: self.kind,
+            description: self.description,
+            requested_at,
+        })
+    }
+}
+
+/// What the transaction decided.
+enum Decision {
+    Accepted(PaymentAccepted),
+    Replayed(PaymentAccepted),
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<PaymentRequest>,
+) -> Result<Json<PaymentAccepted>, ApiError> {
+    let result = accept(&state, caller, &headers, request).await;
+    let outcome = match &result {
+        Ok(Decision::Accepted(_)) => "accepted".to_owned(),
+        Ok(Decision::Replayed(_)) => "replayed".to_owned(),
+        Err(error) => format!("rejected:{}", problem_slug(error)),
+    };
+    state.metrics.payments.with_label_values(&[&outcome]).inc();
+    match result? {
+        Decision::Accepted(accepted) | Decision::Replayed(accepted) => Ok(Json(accepted)),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    caller: Caller,
+    headers: &HeaderMap,
+    request: PaymentRequest,
+) -> Result<Decision, ApiError> {
+    let payment = request.validate()?;
+
+    // The wallet's owner and currency never change: read them before the transaction, so
+    // the event can be encoded (a registry round trip on first use) without holding a lock.
+    let wallet: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT user_id, currency FROM wallets WHERE wallet_id = $1")
+            .bind(payment.wallet_id)
+            .fetch_optional(&state.db)
+            .await?;
+    let (owner, currency) = wallet.ok_or(ApiError::NotFound("wallet"))?;
+    if owner != caller.user_id {
+        return Err(ApiError::Forbidden);
+    }
+    let accepted_at = time::now();
+    let event = PaymentInitiated {
+        event_id: Uuid::new_v4(),
+        payment_id: payment.payment_id,
+        wallet_id: payment.wallet_id,
+        amount: payment.amount,
+        currency,
+        kind: payment.kind.clone(),
+        description: payment.description.clone(),
+        requested_at: payment.requested_at,
+        initiated_at: accepted_at,
+    };
+    let payload = state.codec.encode(&event).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let traceparent = traceparent(headers);
+
+    // A concurrent request with the same paymentId can commit between our idempotency
+    // check and our insert; then the insert does nothing and the second pass replays.
+    for _ in 0..2 {
+        let mut tx = state.db.begin().await?;
+        if let Some(previous) = previous_answer(&mut tx, &payment).await? {
+            return Ok(Decision::Replayed(previous));
+        }
+        let available: Decimal =
+            sqlx::query_scalar("SELECT available FROM wallets WHERE wallet_id = $1 FOR UPDATE")
+                .bind(payment.wallet_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if available < payment.amount.to_decimal() {
+            return Err(ApiError::InsufficientFunds { available: available.to_string() });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO wallet_transactions
+                 (payment_id, wallet_id, amount, kind, description, requested_at, accepted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (payment_id) DO NOTHING",
+        )
+        .bind(payment.payment_id)
+        .bind(payment.wallet_id)
+        .bind(payment.amount.to_decimal())
+        .bind(&payment.kind)
+        .bind(&payment.description)
+        .bind(payment.requested_at)
+        .bind(accepted_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE wallets SET available = available - $2, reserved = reserved + $2,
+                                version = version + 1, updated_at = now()
+             WHERE wallet_id = $1",
+        )
+        .bind(payment.wallet_id)
+        .bind(payment.amount.to_decimal())
+        .execute(&mut *tx)
+        .await?;
+        // The outbox row is deleted in the transaction that wrote it: the WAL still carries
+        // the insert to Debezium, and the table stays empty.
+        sqlx::query(
+            "INSERT INTO wallet_outbox (id, aggregatetype, aggregateid, type, payload, traceparent)
+             VALUES ($1, $2, $3, 'PaymentInitiated', $4, $5)",
+        )
+        .bind(event.event_id)
+        .bind(topics::PAYMENTS_INITIATED)
+        .bind(payment.payment_id.to_string())
+        .bind(&payload)
+        .bind(&traceparent)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM wallet_outbox WHERE id = $1").bind(event.event_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        tracing::info!(payment_id = %payment.payment_id, wallet_id = %payment.wallet_id, amount = %payment.amount, "payment accepted");
+        return Ok(Decision::Accepted(PaymentAccepted {
+            payment_id: payment.payment_id,
+            timestamp: timestamp::format(accepted_at),
+        }));
+    }
+    Err(ApiError::internal("paymentId kept conflicting without a committed row"))
+}
+
+/// The answer already given for this paymentId: the same answer if the request is the
+/// same, a 409 if the id was used for another payment.
+async fn previous_answer(
+    tx: &mut Transaction<'_, Postgres>,
+    payment: &Payment,
+) -> Result<Option<PaymentAccepted>, ApiError> {
+    type Row = (Uuid, Decimal, String, String, DateTime<Utc>, DateTime<Utc>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT wallet_id, amount, kind, description, requested_at, accepted_at
+         FROM wallet_transactions WHERE payment_id = $1",
+    )
+    .bind(payment.payment_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((wallet_id, amount, kind, description, requested_at, accepted_at)) = row else {
+        return Ok(None);
+    };
+    let same = wallet_id == payment.wallet_id
+        && amount == payment.amount.to_decimal()
+        && kind == payment.kind
+        && description == payment.description
+        && requested_at == payment.requested_at;
+    if !same {
+        return Err(ApiError::Conflict {
+            slug: "payment-id-conflict",
+            detail: format!("paymentId {} was already used for a different payment", payment.payment_id),
+            extra: Map::new(),
+        });
+    }
+    Ok(Some(PaymentAccepted { payment_id: payment.payment_id, timestamp: timestamp::format(accepted_at) }))
+}
+
+/// The W3C trace context of the request, or a new one: it travels with the event as a
+/// Kafka header so the saga's spans join the request's trace.
+fn traceparent(headers: &HeaderMap) -> String {
+    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    match incoming {
+        Some(value) if is_valid_traceparent(value) => value.to_owned(),
+        _ => {
+            let trace_id = Uuid::new_v4().simple().to_string();
+            let span_id = &Uuid::new_v4().simple().to_string()[..16];
+            format!("00-{trace_id}-{span_id}-01")
+        }
+    }
+}
+
+fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
+}
+
+fn problem_slug(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::Validation { .. } => "validation",
+        ApiError::InsufficientFunds { .. } => "insufficient-funds",
+        ApiError::Conflict { slug, .. } => slug,
+        ApiError::NotFound(_) => "not-found",
+        ApiError::Forbidden => "forbidden",
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::Unavailable(_) => "unavailable",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_kept_when_valid_and_made_otherwise() {
+        let mut headers = HeaderMap::new();
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", valid.parse().unwrap());
+        assert_eq!(traceparent(&headers), valid);
+        headers.insert(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap(),
+        );
+        let made = traceparent(&headers);
+        assert_ne!(made, "00-00000000000000000000000000000000-00f067aa0ba902b7-01");
+        assert!(is_valid_traceparent(&made), "{made}");
+        assert!(is_valid_traceparent(&traceparent(&HeaderMap::new())));
+    }
+}

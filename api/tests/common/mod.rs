@@ -1,0 +1,160 @@
+//! A real API server on 127.0.0.1:0 against the real wallet database and registry, and a
+//! client that speaks to it with minted bearer tokens.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{EncodingKey, Header};
+use paystream_api::auth::{Authenticator, Claims};
+use paystream_api::metrics::ApiMetrics;
+use paystream_api::{server, AppState};
+use paystream_schemas::registry::RegistryClient;
+use paystream_schemas::EventCodec;
+use paystream_stack::testkit::{wallet_db, STACK_TIMEOUT};
+use paystream_stack::{wait, StackSettings};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const SECRET: &[u8] = b"test-secret-of-at-least-thirty-two-bytes!";
+
+/// A running API; stops when dropped.
+pub struct TestApi {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub db: PgPool,
+    pub settings: StackSettings,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestApi {
+    pub async fn start() -> Self {
+        let settings = StackSettings::from_env();
+        let db = wallet_db(&settings).await;
+        let registry = RegistryClient::new(&settings.schema_registry_url).unwrap();
+        let what = format!("Schema Registry at {}", settings.schema_registry_url);
+        if let Err(not_ready) =
+            wait::until_ready(what, STACK_TIMEOUT, || registry.global_compatibility()).await
+        {
+            panic!("{not_ready}");
+        }
+        let state = AppState {
+            db: db.clone(),
+            codec: Arc::new(EventCodec::new(&settings.schema_registry_url).unwrap()),
+            auth: Arc::new(Authenticator::hs256(SECRET)),
+            metrics: Arc::new(ApiMetrics::new()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self { base_url, http, db, settings, _stop: stop }
+    }
+
+    /// A request as `user`, with a JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        user: Option<Uuid>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base_url));
+        if let Some(user) = user {
+            request = request.bearer_auth(token(user, 600));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("request")).await
+    }
+
+    /// A new user with a RUB wallet holding `balance` (as a decimal string).
+    pub async fn user_with_wallet(&self, balance: &str) -> (Uuid, Uuid) {
+        let user = Uuid::new_v4();
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/accounts",
+                Some(user),
+                Some(json!({"name": "Иван Петров", "phone": "+79990001122", "currency": "RUB"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let wallet: Uuid = body["walletId"].as_str().unwrap().parse().unwrap();
+        if balance != "0" {
+            let response = self
+                .http
+                .post(format!("{}/api/v1/accounts/{wallet}/deposits", self.base_url))
+                .bearer_auth(token(user, 600))
+                .header("Idempotency-Key", Uuid::new_v4().to_string())
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"amount": {balance}}}"#))
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = read(response).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        (user, wallet)
+    }
+
+    /// (available, reserved, payment rows) of a wallet, straight from the database.
+    pub async fn wallet_state(&self, wallet: Uuid) -> (String, String, i64) {
+        let (available, reserved): (rust_decimal::Decimal, rust_decimal::Decimal) =
+            sqlx::query_as("SELECT available, reserved FROM wallets WHERE wallet_id = $1")
+                .bind(wallet)
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM wallet_transactions WHERE wallet_id = $1")
+            .bind(wallet)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        let money = |mut d: rust_decimal::Decimal| {
+            d.rescale(2);
+            d.to_string()
+        };
+        (money(available), money(reserved), rows)
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if status.is_client_error() || status.is_server_error() {
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/problem+json"),
+            "error without a problem body: {body}"
+        );
+        assert_eq!(body["status"], json!(status.as_u16()), "{body}");
+    }
+    (status, body)
+}
+
+/// A bearer token for `user`, valid for `ttl_s` seconds (negative: already expired).
+pub fn token(user: Uuid, ttl_s: i64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = Claims { sub: user.to_string(), exp: (now + ttl_s) as u64 };
+    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+}
+
+/// A valid payment body.
+pub fn payment(payment_id: Uuid, wallet: Uuid, amount: &str) -> Value {
+    let body = format!(
+        r#"{{"paymentId":"{payment_id}","wallet":"{wallet}","amount":{amount},"kind":"mobile",
+            "description":"Оплата связи","timestamp":"20261128-04:11:13:123456"}}"#
+    );
+    serde_json::from_str(&body).unwrap()
+}

@@ -1,0 +1,377 @@
+//! `POST /api/v1/payment` against the real wallet database, registry and Debezium.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::future::join_all;
+use paystream_schemas::events::PaymentInitiated;
+use paystream_schemas::{Event, EventCodec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// A consumer of `payments.initiated` positioned at the current end of every partition,
+/// so it sees only what this test causes.
+fn tail_of_initiated(bootstrap: &str) -> BaseConsumer {
+    let consumer: BaseConsumer =
+        paystream_stack::kafka::read_committed_consumer(bootstrap, &format!("it-tail-{}", Uuid::new_v4()))
+            .create()
+            .unwrap();
+    let topic = PaymentInitiated::TOPIC;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).unwrap();
+        assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high)).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
+/// A consumed record: value bytes and headers.
+type Seen = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// One bad request: what it is, body, content type, bearer token, expected status and problem.
+type BadRequest = (&'static str, String, &'static str, Option<String>, StatusCode, &'static str);
+
+/// Records of `payments.initiated` keyed by `payment_id` seen within `window` after the first.
+fn records_for(
+    consumer: &BaseConsumer,
+    payment_id: Uuid,
+    window: Duration,
+) -> Vec<Seen> {
+    let key = payment_id.to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut found: Vec<Seen> = Vec::new();
+    let mut first_at = None;
+    loop {
+        let now = std::time::Instant::now();
+        if first_at.is_some_and(|at: std::time::Instant| now - at >= window) {
+            return found;
+        }
+        assert!(now < deadline, "no PaymentInitiated for {payment_id} on the topic within 60 s (is the wallet-outbox connector running? dev/status)");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.unwrap();
+            if message.key() == Some(key.as_bytes()) {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()
+                    })
+                    .unwrap_or_default();
+                found.push((message.payload().unwrap().to_vec(), headers));
+                first_at.get_or_insert(now);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_payment_reserves_the_amount_and_emits_one_payment_initiated() {
+    let api = TestApi::start().await;
+    let (user, wallet) = api.user_with_wallet("1000.00").await;
+    let consumer = tail_of_initiated(&api.settings.kafka_bootstrap);
+    let payment_id = Uuid::new_v4();
+
+    let response = api
+        .http
+        .post(format!("{}/api/v1/payment", api.base_url))
+        .bearer_auth(token(user, 600))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .json(&payment(payment_id, wallet, "123.45"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paymentId"], json!(payment_id.to_string()));
+    assert!(paystream_api::timestamp::parse(body["timestamp"].as_str().unwrap()).is_some(), "{body}");
+    assert_eq!(api.wallet_state(wallet).await, ("876.55".into(), "123.45".into(), 1));
+
+    let records =
+        tokio::task::spawn_blocking(move || records_for(&consumer, payment_id, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    assert_eq!(records.len(), 1, "exactly one PaymentInitiated per accepted payment");
+    let (payload, headers) = &records[0];
+    let codec = EventCodec::new(&api.settings.schema_registry_url).unwrap();
+    let event: PaymentInitiated = codec.decode(payload).await.expect("the registered Avro contract");
+    assert_eq!(event.payment_id, payment_id);
+    assert_eq!(event.wallet_id, wallet);
+    assert_eq!(event.amount.to_string(), "123.45");
+    assert_eq!(
+        (event.currency.as_str(), event.kind.as_str(), event.description.as_str()),
+        ("RUB", "mobile", "Оплата связи")
+    );
+    assert_eq!(paystream_api::timestamp::format(event.requested_at), "20261128-04:11:13:123456");
+    let header = |name: &str| {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+    };
+    assert_eq!(header("id"), Some(event.event_id.to_string()), "event id header, for consumers' dedup");
+    assert_eq!(header("eventType").as_deref(), Some("PaymentInitiated"));
+    assert_eq!(
+        header("traceparent").as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM wallet_outbox").fetch_one(&api.db).await.unwrap();
+    assert_eq!(left, 0, "the outbox row is deleted in its own transaction");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_again_gets_the_same_answer_and_another_body_a_409() {
+    let api = TestApi::start().await;
+    let (user, wallet) = api.user_with_wallet("100.00").await;
+    let payment_id = Uuid::new_v4();
+    let body = payment(payment_id, wallet, "10.00");
+
+    let (first_status, first) =
+        api.call(Method::POST, "/api/v1/payment", Some(user), Some(body.clone())).await;
+    assert_eq!(first_status, StatusCode::OK, "{first}");
+    let (again_status, again) =
+        api.call(Method::POST, "/api/v1/payment", Some(user), Some(body.clone())).await;
+    assert_eq!((again_status, &again), (StatusCode::OK, &first), "a replay is answered as the original");
+    assert_eq!(api.wallet_state(wallet).await, ("90.00".into(), "10.00".into(), 1), "reserved once");
+
+    let mut other = body.clone();
+    other["amount"] = json!(11.00);
+    let (status, problem) = api.call(Method::POST, "/api/v1/payment", Some(user), Some(other)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["type"], json!("/problems/payment-id-conflict"));
+    assert_eq!(api.wallet_state(wallet).await, ("90.00".into(), "10.00".into(), 1));
+
+    // Concurrent replays of one new payment: one acceptance, every answer identical.
+    let payment_id = Uuid::new_v4();
+    let body = payment(payment_id, wallet, "5.00");
+    let answers =
+        join_all((0..10).map(|_| api.call(Method::POST, "/api/v1/payment", Some(user), Some(body.clone()))))
+            .await;
+    assert!(answers.iter().all(|a| a == &answers[0] && a.0 == StatusCode::OK), "{answers:?}");
+    assert_eq!(api.wallet_state(wallet).await, ("85.00".into(), "15.00".into(), 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_payments_never_overdraw_a_wallet() {
+    const PAYMENTS: usize = 100;
+    let api = TestApi::start().await;
+    let (user, wallet) = api.user_with_wallet("50.00").await;
+    let answers = join_all((0..PAYMENTS).map(|_| {
+        api.call(Method::POST, "/api/v1/payment", Some(user), Some(payment(Uuid::new_v4(), wallet, "1.00")))
+    }))
+    .await;
+    let accepted = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+    assert_eq!(accepted, 50, "balance for exactly 50");
+    assert!(
+        refused.iter().all(|(s, b)| *s == StatusCode::UNPROCESSABLE_ENTITY
+            && b["type"] == json!("/problems/insufficient-funds")),
+        "{refused:?}"
+    );
+    assert_eq!(api.wallet_state(wallet).await, ("0.00".into(), "50.00".into(), 50));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_their_status_and_change_nothing() {
+    let api = TestApi::start().await;
+    let (user, wallet) = api.user_with_wallet("100.00").await;
+    let (stranger, strangers_wallet) = api.user_with_wallet("5.00").await;
+    let url = format!("{}/api/v1/payment", api.base_url);
+    let with = |field: &str, value: Value| {
+        let mut body = payment(Uuid::new_v4(), wallet, "1.00");
+        body[field] = value;
+        body
+    };
+    let raw = |amount: &str| {
+        format!(
+            r#"{{"paymentId":"{}","wallet":"{wallet}","amount":{amount},"kind":"mobile","description":"d","timestamp":"20261128-04:11:13:123456"}}"#,
+            Uuid::new_v4()
+        )
+    };
+    let mut without_kind = payment(Uuid::new_v4(), wallet, "1.00");
+    without_kind.as_object_mut().unwrap().remove("kind");
+
+    // (what, request body, content type, token, expected status, expected problem type)
+    let cases: Vec<BadRequest> = vec![
+        (
+            "zero amount",
+            raw("0"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "negative amount",
+            raw("-1.00"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "three decimals",
+            raw("1.001"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "above the maximum",
+            raw("1000000000.00"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "amount as a string",
+            raw(r#""1.00""#),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "amount with exponent",
+            raw("1e2"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "unknown kind",
+            with("kind", json!("casino")).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "description too long",
+            with("description", json!("x".repeat(501))).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "bad UUID",
+            with("paymentId", json!("not-a-uuid")).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "bad timestamp",
+            with("timestamp", json!("2026-11-28T04:11:13Z")).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "missing field",
+            without_kind.to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "unknown field",
+            with("tip", json!(1)).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        ),
+        (
+            "malformed JSON",
+            "{\"paymentId\": ".into(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+        ),
+        (
+            "body over the limit",
+            with("description", json!("x".repeat(20_000))).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+        ),
+        (
+            "not JSON",
+            with("kind", json!("mobile")).to_string(),
+            "text/plain",
+            Some(token(user, 600)),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        ("no token", raw("1.00"), "application/json", None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (
+            "forged token",
+            raw("1.00"),
+            "application/json",
+            Some(format!("{}x", token(user, 600))),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "expired token",
+            raw("1.00"),
+            "application/json",
+            Some(token(user, -3600)),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "someone else's wallet",
+            raw("1.00"),
+            "application/json",
+            Some(token(stranger, 600)),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "unknown wallet",
+            with("wallet", json!(Uuid::new_v4().to_string())).to_string(),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+        (
+            "insufficient funds",
+            raw("100.01"),
+            "application/json",
+            Some(token(user, 600)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "insufficient-funds",
+        ),
+    ];
+    for (what, body, content_type, bearer, expected, problem) in cases {
+        let mut request = api.http.post(&url).header("content-type", content_type).body(body);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let (status, answer) = read(request.send().await.unwrap()).await;
+        assert_eq!(status, expected, "{what}: {answer}");
+        assert_eq!(answer["type"], json!(format!("/problems/{problem}")), "{what}: {answer}");
+        assert_eq!(
+            api.wallet_state(wallet).await,
+            ("100.00".into(), "0.00".into(), 0),
+            "{what} wrote something"
+        );
+    }
+    assert_eq!(api.wallet_state(strangers_wallet).await, ("5.00".into(), "0.00".into(), 0));
+}
