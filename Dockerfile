@@ -21,6 +21,7 @@ COPY processors/ processors/
 COPY api/ api/
 COPY stack/ stack/
 COPY cli/ cli/
+COPY bench/ bench/
 # Embedded into the binary at compile time by sqlx::migrate!.
 COPY migrations/ migrations/
 

@@ -30,6 +30,8 @@ PG_PORT=5432
 
 # The API's bearer-token secret on the local stack only (tests mint tokens with it).
 export PAYSTREAM_JWT_HS256_SECRET="${PAYSTREAM_JWT_HS256_SECRET:-paystream-local-development-secret-0123456789}"
+# The provider's callback signing secret on the local stack only.
+export PAYSTREAM_PROVIDER_WEBHOOK_SECRETS="${PAYSTREAM_PROVIDER_WEBHOOK_SECRETS:-paystream-local-provider-webhook-secret}"
 
 # Budgets for each start; a cold JVM on 2 busy cores needs tens of seconds, not minutes.
 KAFKA_START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"

@@ -32,6 +32,8 @@ pub enum ApiError {
     Conflict { slug: &'static str, detail: String, extra: Map<String, Value> },
     #[error("{0}")]
     MissingHeader(&'static str),
+    #[error("{detail}")]
+    BadRequest { slug: &'static str, detail: String },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -81,6 +83,7 @@ impl ApiError {
             Self::MissingHeader(_) => {
                 (StatusCode::BAD_REQUEST, "missing-header", "Missing or invalid header")
             }
+            Self::BadRequest { slug, .. } => (StatusCode::BAD_REQUEST, slug, "Bad request"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Try again later"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }

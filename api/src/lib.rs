@@ -1,7 +1,7 @@
 //! paystream's HTTP edge.
 //!
-//! The wallet service's REST API: accounts (seed 004) and payment ingest (seed 000,
-//! `POST /api/v1/payment`). Every write is one Postgres transaction; a payment's event
+//! The REST API: accounts (seed 004), payment ingest (seed 000, `POST /api/v1/payment`)
+//! and the provider's callbacks (`POST /api/v1/callback`). Every write is one Postgres transaction; a payment's event
 //! leaves through the outbox in that same transaction, so an accepted payment and its
 //! `PaymentInitiated` exist together or not at all.
 //!
@@ -15,16 +15,20 @@
 //! - [`timestamp`]: the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` timestamps.
 //! - [`accounts`]: create a wallet, deposit (idempotent on `Idempotency-Key`), read balances.
 //! - [`payments`]: accept a payment: idempotency, ownership, balance, reserve, outbox.
+//! - [`callbacks`]: the provider's signed callback: verify, deduplicate, record with its event.
+//! - [`signature`]: Stripe-style HMAC signatures of callbacks.
 //! - [`metrics`]: Prometheus metrics of the edge.
 
 pub mod accounts;
 pub mod auth;
+pub mod callbacks;
 pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod money;
 pub mod payments;
 pub mod server;
+pub mod signature;
 pub mod state;
 pub mod timestamp;
 

@@ -12,7 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::state::AppState;
-use crate::{accounts, payments};
+use crate::{accounts, callbacks, payments};
 
 /// The largest request body accepted; a payment is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -21,6 +21,7 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payment", post(payments::create))
+        .route("/api/v1/callback", post(callbacks::receive))
         .route("/api/v1/accounts", post(accounts::create).get(accounts::list))
         .route("/api/v1/accounts/{wallet_id}", get(accounts::balance))
         .route("/api/v1/accounts/{wallet_id}/deposits", post(accounts::deposit))

@@ -8,74 +8,18 @@ use common::*;
 use futures::future::join_all;
 use paystream_schemas::events::PaymentInitiated;
 use paystream_schemas::{Event, EventCodec};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// A consumer of `payments.initiated` positioned at the current end of every partition,
-/// so it sees only what this test causes.
-fn tail_of_initiated(bootstrap: &str) -> BaseConsumer {
-    let consumer: BaseConsumer =
-        paystream_stack::kafka::read_committed_consumer(bootstrap, &format!("it-tail-{}", Uuid::new_v4()))
-            .create()
-            .unwrap();
-    let topic = PaymentInitiated::TOPIC;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).unwrap();
-        assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high)).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    consumer
-}
-
-/// A consumed record: value bytes and headers.
-type Seen = (Vec<u8>, Vec<(String, Vec<u8>)>);
-
 /// One bad request: what it is, body, content type, bearer token, expected status and problem.
 type BadRequest = (&'static str, String, &'static str, Option<String>, StatusCode, &'static str);
-
-/// Records of `payments.initiated` keyed by `payment_id` seen within `window` after the first.
-fn records_for(
-    consumer: &BaseConsumer,
-    payment_id: Uuid,
-    window: Duration,
-) -> Vec<Seen> {
-    let key = payment_id.to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut found: Vec<Seen> = Vec::new();
-    let mut first_at = None;
-    loop {
-        let now = std::time::Instant::now();
-        if first_at.is_some_and(|at: std::time::Instant| now - at >= window) {
-            return found;
-        }
-        assert!(now < deadline, "no PaymentInitiated for {payment_id} on the topic within 60 s (is the wallet-outbox connector running? dev/status)");
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.unwrap();
-            if message.key() == Some(key.as_bytes()) {
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()
-                    })
-                    .unwrap_or_default();
-                found.push((message.payload().unwrap().to_vec(), headers));
-                first_at.get_or_insert(now);
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_accepted_payment_reserves_the_amount_and_emits_one_payment_initiated() {
     let api = TestApi::start().await;
     let (user, wallet) = api.user_with_wallet("1000.00").await;
-    let consumer = tail_of_initiated(&api.settings.kafka_bootstrap);
+    let consumer = tail(&api.settings.kafka_bootstrap, PaymentInitiated::TOPIC);
     let payment_id = Uuid::new_v4();
 
     let response = api
@@ -93,8 +37,9 @@ async fn an_accepted_payment_reserves_the_amount_and_emits_one_payment_initiated
     assert!(paystream_api::timestamp::parse(body["timestamp"].as_str().unwrap()).is_some(), "{body}");
     assert_eq!(api.wallet_state(wallet).await, ("876.55".into(), "123.45".into(), 1));
 
+    let key = payment_id.to_string();
     let records =
-        tokio::task::spawn_blocking(move || records_for(&consumer, payment_id, Duration::from_secs(3)))
+        tokio::task::spawn_blocking(move || records_with_key(&consumer, &key, Duration::from_secs(3)))
             .await
             .unwrap();
     assert_eq!(records.len(), 1, "exactly one PaymentInitiated per accepted payment");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use paystream_api::auth::Authenticator;
 use paystream_api::metrics::ApiMetrics;
+use paystream_api::signature::Verifier;
 use paystream_api::{server, AppState};
 use paystream_schemas::EventCodec;
 use paystream_stack::{postgres, StackSettings};
@@ -23,6 +24,9 @@ pub struct Args {
     /// PEM file with the RSA public key of RS256 bearer tokens (instead of a secret).
     #[arg(long, env = "PAYSTREAM_JWT_RS256_PUBLIC_KEY")]
     jwt_rs256_public_key: Option<PathBuf>,
+    /// Shared secret(s) of provider callback signatures, comma-separated during a rotation.
+    #[arg(long, env = "PAYSTREAM_PROVIDER_WEBHOOK_SECRETS", hide_env_values = true, value_delimiter = ',')]
+    provider_webhook_secrets: Vec<String>,
     /// How long to wait for the database at start.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
@@ -39,10 +43,24 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("configure either an HS256 secret or an RS256 public key, not both"),
         (None, None) => bail!("set PAYSTREAM_JWT_HS256_SECRET or PAYSTREAM_JWT_RS256_PUBLIC_KEY"),
     };
-    let db = postgres::connect(&settings.wallet_db_url, Duration::from_secs(args.timeout_s)).await?;
+    let secrets: Vec<Vec<u8>> = args
+        .provider_webhook_secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        bail!("set PAYSTREAM_PROVIDER_WEBHOOK_SECRETS (the provider's callback signing secret)");
+    }
+    let timeout = Duration::from_secs(args.timeout_s);
+    let db = postgres::connect(&settings.wallet_db_url, timeout).await?;
     postgres::migrate_wallet(&db).await?;
+    let ledger = postgres::connect(&settings.ledger_db_url, timeout).await?;
+    postgres::migrate_ledger(&ledger).await?;
     let state = AppState {
         db,
+        ledger,
+        callbacks: Arc::new(Verifier::new(secrets)),
         codec: Arc::new(EventCodec::new(&settings.schema_registry_url)?),
         auth: Arc::new(auth),
         metrics: Arc::new(ApiMetrics::new()),

@@ -5,9 +5,12 @@
 
 mod api;
 mod connect;
+mod metrics_server;
 mod migrate;
 mod schemas;
+mod settle;
 mod shutdown;
+mod token;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +32,10 @@ enum Command {
     /// Kafka topics of the payment flow.
     #[command(subcommand)]
     Topics(topics::Command),
+    /// Apply payment results to wallets (consumes payments.results).
+    Settle(settle::Args),
+    /// Mint a bearer token for calling the API by hand (HS256 secret required).
+    Token(token::Args),
     /// Avro contracts in the Schema Registry.
     #[command(subcommand)]
     Schemas(schemas::Command),
@@ -51,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => api::run(&settings, args).await,
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
+        Command::Settle(args) => settle::run(&settings, args).await,
+        Command::Token(args) => token::run(args),
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
     }

@@ -1,4 +1,4 @@
-//! `paystream topics`: create the payment flow's topics (idempotent).
+//! `paystream topics`: create the payment flow's topics and the CDC topics (idempotent).
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use paystream_stack::StackSettings;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Create every topic of the payment flow that does not exist yet.
+    /// Create every topic of the payment flow and of the wallet CDC that does not exist yet.
     Create {
         /// Partitions of each co-partitioned topic.
         #[arg(long, default_value_t = DEFAULT_PARTITIONS)]
@@ -22,7 +22,8 @@ pub async fn run(settings: &StackSettings, command: Command) -> anyhow::Result<(
     match command {
         Command::Create { partitions, timeout_s } => {
             kafka::wait_until_ready(&settings.kafka_bootstrap, Duration::from_secs(timeout_s)).await?;
-            let topics = kafka::payment_topics(partitions);
+            let mut topics = kafka::payment_topics(partitions);
+            topics.extend(kafka::cdc_topics(partitions));
             kafka::ensure_topics(&settings.kafka_bootstrap, &topics).await?;
             for topic in &topics {
                 tracing::info!(topic = %topic.name, partitions = topic.partitions, "topic ready");

@@ -1,4 +1,23 @@
-//! The payment flow's processors, one folder each: saga, timers, dispatcher,
-//! settlement, payment view.
+//! The payment flow's processors: each is a consumer or a topology of its own, in a
+//! folder of its own, started by one subcommand of the `paystream` binary.
 //!
-//! Not built yet: reserved by the foundation; the saga and wallet issues fill it.
+//! # Layout
+//! - [`settlement`]: consumes `payments.results` and applies each PaymentResult to the
+//!   wallet database exactly once (dedup by PaymentResultId, confirm or compensate in one
+//!   transaction), dead-lettering results that contradict the database.
+//! - [`dlq`]: the dead-letter producer every processor shares: the original record, byte
+//!   for byte, with the reason and its source in headers, acknowledged before the source
+//!   offset is committed.
+//! - [`retry`]: bounded retries with capped exponential back-off for transient failures,
+//!   interruptible by shutdown, so a record is retried, never skipped, and never forever.
+//! - [`shutdown`]: the shutdown trigger a processor's `run` takes as a `Future`, made
+//!   awaitable more than once.
+//!
+//! Still to come, each in its own folder: the payment saga (a topology with a RocksDB
+//! store and changelog, EOS v2), the timer processor, the provider dispatcher and the
+//! payment view.
+
+pub mod dlq;
+pub mod retry;
+pub mod settlement;
+pub mod shutdown;

@@ -122,6 +122,16 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
     ]
 }
 
+/// Debezium's change topics of the wallet database (`connect/wallet-cdc.json`), keyed by
+/// the row's primary key. Compacted: the latest state of every user and wallet is kept
+/// for as long as the row exists, so a new payment view can rebuild from the beginning.
+pub fn cdc_topics(partitions: i32) -> Vec<TopicSpec> {
+    ["wallet.public.users", "wallet.public.wallets"]
+        .into_iter()
+        .map(|name| TopicSpec::new(name, partitions).with_config("cleanup.policy", "compact"))
+        .collect()
+}
+
 /// An admin client.
 pub fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     base_config(bootstrap).create()

@@ -120,10 +120,18 @@ pub fn consumer(settings: &StackSettings, topic: &str, isolation: &str) -> BaseC
 pub const CONNECTOR_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The Connect worker, once it answers (panics naming it and `dev/up` otherwise).
+///
+/// Removes FAILED test connectors (`it-…`) that a test which panicked before its clean-up
+/// left behind; running ones belong to tests in progress and are left alone.
 pub async fn connect_stack(settings: &StackSettings) -> ConnectClient {
     let connect = ConnectClient::new(&settings.connect_url).expect("connect client");
     if let Err(not_ready) = connect.wait_until_ready(STACK_TIMEOUT).await {
         panic!("{not_ready}");
+    }
+    for name in connect.list().await.unwrap_or_default().into_iter().filter(|n| n.starts_with("it-")) {
+        if connect.status(&name).await.is_ok_and(|status| status.failure().is_some()) {
+            let _ = connect.delete(&name).await;
+        }
     }
     connect
 }

@@ -21,12 +21,14 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 pub const SECRET: &[u8] = b"test-secret-of-at-least-thirty-two-bytes!";
+pub const CALLBACK_SECRET: &[u8] = b"test-provider-webhook-secret";
 
 /// A running API; stops when dropped.
 pub struct TestApi {
     pub base_url: String,
     pub http: reqwest::Client,
     pub db: PgPool,
+    pub ledger: PgPool,
     pub settings: StackSettings,
     _stop: oneshot::Sender<()>,
 }
@@ -42,8 +44,14 @@ impl TestApi {
         {
             panic!("{not_ready}");
         }
+        let ledger = paystream_stack::postgres::connect(&settings.ledger_db_url, STACK_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        paystream_stack::postgres::migrate_ledger(&ledger).await.expect("ledger migrations");
         let state = AppState {
             db: db.clone(),
+            ledger: ledger.clone(),
+            callbacks: Arc::new(paystream_api::signature::Verifier::new(vec![CALLBACK_SECRET.to_vec()])),
             codec: Arc::new(EventCodec::new(&settings.schema_registry_url).unwrap()),
             auth: Arc::new(Authenticator::hs256(SECRET)),
             metrics: Arc::new(ApiMetrics::new()),
@@ -55,7 +63,7 @@ impl TestApi {
             let _ = stopped.await;
         }));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Self { base_url, http, db, settings, _stop: stop }
+        Self { base_url, http, db, ledger, settings, _stop: stop }
     }
 
     /// A request as `user`, with a JSON body.
@@ -157,4 +165,57 @@ pub fn payment(payment_id: Uuid, wallet: Uuid, amount: &str) -> Value {
             "description":"Оплата связи","timestamp":"20261128-04:11:13:123456"}}"#
     );
     serde_json::from_str(&body).unwrap()
+}
+
+/// A consumer of `topic` positioned at the current end of every partition, so it sees only
+/// what the test causes from now on.
+pub fn tail(bootstrap: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let group = format!("it-tail-{}", Uuid::new_v4());
+    let consumer: rdkafka::consumer::BaseConsumer =
+        paystream_stack::kafka::read_committed_consumer(bootstrap, &group).create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).unwrap();
+        assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Offset(high)).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
+/// A consumed record's value and headers.
+pub type Seen = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// The records with key `key` that `consumer` receives within 60 s, collecting for
+/// `window` after the first one arrives (to catch duplicates).
+pub fn records_with_key(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    key: &str,
+    window: Duration,
+) -> Vec<Seen> {
+    use rdkafka::message::{Headers, Message};
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut found: Vec<Seen> = Vec::new();
+    let mut first_at: Option<std::time::Instant> = None;
+    loop {
+        let now = std::time::Instant::now();
+        if first_at.is_some_and(|at| now - at >= window) {
+            return found;
+        }
+        assert!(now < deadline, "no record keyed {key} within 60 s (are the connectors running? dev/status)");
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.unwrap();
+            if message.key() == Some(key.as_bytes()) {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()
+                    })
+                    .unwrap_or_default();
+                found.push((message.payload().unwrap_or_default().to_vec(), headers));
+                first_at.get_or_insert(now);
+            }
+        }
+    }
 }

@@ -1,0 +1,29 @@
+//! Benchmarks of paystream against baselines on the same machine and database.
+//!
+//! A speed target is measured here, by a run that prints a table and writes it under
+//! `bench/results/`, never by a timed assertion in a test.
+//!
+//! # Layout
+//! - [`ingest`]: the `ingest` benchmark, step by step: seed, paystream, pgbench, report,
+//!   clean up (also when interrupted).
+//! - [`payment`]: the one payment both sides make, and a real encoded `PaymentInitiated`.
+//! - [`seed`]: bench users and wallets, their deterministic ids (shared with pgbench),
+//!   inserting and removing them.
+//! - [`server`]: the real API, in-process on 127.0.0.1:0, and bearer tokens for it.
+//! - [`load`]: a closed-loop HTTP load generator with a fixed concurrency.
+//! - [`pgbench`]: runs pgbench on the equivalent script and reads its per-transaction log.
+//! - [`latency`]: the measurement window and the latency tally both sides fill.
+//! - [`cpu`]: where the CPU went while a side ran, and whether a build shared it.
+//! - [`machine`]: the machine, database, connectors and commit a result was measured on.
+//! - [`report`]: the markdown table and its JSON twin.
+
+pub mod cpu;
+pub mod ingest;
+pub mod latency;
+pub mod load;
+pub mod machine;
+pub mod payment;
+pub mod pgbench;
+pub mod report;
+pub mod seed;
+pub mod server;

@@ -1,0 +1,538 @@
+//! Applying one `PaymentResult` to the wallet database, in one transaction.
+//!
+//! The payment's `wallet_transactions` row is locked (`FOR UPDATE`), the result is judged
+//! against it by [`decide`] (pure, unit-tested), and a result that settles the payment
+//! moves the wallet's money and marks the row settled in the same transaction:
+//!
+//! | result | wallet | row |
+//! |---|---|---|
+//! | COMPLETED | `reserved −= amount` | `COMPLETED` |
+//! | FAILED, FAILED_TIMEOUT | `available += amount`, `reserved −= amount` | `CANCELLED`, with the reason |
+//!
+//! The row's `payment_result_id` is the dedup key: it is set in the same transaction that
+//! moves the money, so a redelivered result finds it set and changes nothing. That also
+//! makes an ambiguous commit (the connection dropped while committing) safe to retry.
+//!
+//! The table's CHECK constraints are the second line of defence: `reserved >= 0`,
+//! `available >= 0`, and "a settled row has all its result columns". A violation means
+//! the wallet was already inconsistent or this code is wrong; it is an error that stops
+//! the processor, never a dead letter.
+
+use std::fmt;
+
+use paystream_schemas::events::{PaymentResult, PaymentResultStatus};
+use paystream_schemas::Amount;
+use rust_decimal::Decimal;
+use sqlx::error::ErrorKind;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The unique constraint on `wallet_transactions.payment_result_id` (Postgres's default name).
+pub const RESULT_ID_UNIQUE_CONSTRAINT: &str = "wallet_transactions_payment_result_id_key";
+
+/// What settlement knows about a payment: its `wallet_transactions` row.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct PaymentRow {
+    /// The wallet the amount was reserved in.
+    pub wallet_id: Uuid,
+    /// The reserved amount (numeric(14,2)).
+    pub amount: Decimal,
+    /// The result already applied, if any.
+    pub payment_result_id: Option<Uuid>,
+}
+
+/// Why a result is refused and sent to the DLQ. Each is a fact about the record, not
+/// about the availability of anything: retrying would give the same answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No payment with this id was ever accepted (DESIGN.md invariant 4).
+    UnknownPayment,
+    /// The payment was already settled by another result: a payment has exactly one.
+    ConflictingResult { settled_result_id: Uuid },
+    /// The result's amount is not the amount that was reserved.
+    AmountMismatch { reserved: Decimal, result: Amount },
+    /// The result names another wallet than the one the amount was reserved in.
+    WalletMismatch { reserved_in: Uuid, result: Uuid },
+    /// The status is one this build does not know (read as `UNKNOWN`).
+    UnknownStatus,
+    /// The result's id already settled a different payment.
+    ResultIdReused,
+}
+
+impl Rejection {
+    /// A short, stable name: the DLQ's `dlq.reason` and a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownPayment => "unknown-payment",
+            Self::ConflictingResult { .. } => "conflicting-result",
+            Self::AmountMismatch { .. } => "amount-mismatch",
+            Self::WalletMismatch { .. } => "wallet-mismatch",
+            Self::UnknownStatus => "unknown-status",
+            Self::ResultIdReused => "result-id-reused",
+        }
+    }
+
+    /// Every kind, for pre-registering metric labels.
+    pub const KINDS: &'static [&'static str] = &[
+        "unknown-payment",
+        "conflicting-result",
+        "amount-mismatch",
+        "wallet-mismatch",
+        "unknown-status",
+        "result-id-reused",
+    ];
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownPayment => write!(f, "no payment with this id was accepted"),
+            Self::ConflictingResult { settled_result_id } => {
+                write!(f, "the payment was already settled by result {settled_result_id}")
+            }
+            Self::AmountMismatch { reserved, result } => {
+                write!(f, "the result's amount {result} differs from the reserved {reserved}")
+            }
+            Self::WalletMismatch { reserved_in, result } => {
+                write!(f, "the result names wallet {result}, the amount was reserved in {reserved_in}")
+            }
+            Self::UnknownStatus => write!(f, "the result's status is UNKNOWN to this build"),
+            Self::ResultIdReused => write!(f, "the result id already settled another payment"),
+        }
+    }
+}
+
+/// The row status a settled payment gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettledStatus {
+    /// The reservation was consumed: the money left the wallet.
+    Completed,
+    /// The reservation was returned to `available`.
+    Cancelled,
+}
+
+impl SettledStatus {
+    /// The `wallet_transactions.status` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "COMPLETED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// The money a result moves, in one wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Movement {
+    /// Added to `available` (zero or positive).
+    pub available_delta: Decimal,
+    /// Added to `reserved` (always minus the amount).
+    pub reserved_delta: Decimal,
+    /// The row's new status.
+    pub settled: SettledStatus,
+}
+
+impl Movement {
+    /// What `status` does with `amount`; `None` for a status settlement cannot apply.
+    pub fn for_result(status: PaymentResultStatus, amount: Amount) -> Option<Self> {
+        let amount = amount.to_decimal();
+        match status {
+            PaymentResultStatus::Completed => Some(Self {
+                available_delta: Decimal::ZERO,
+                reserved_delta: -amount,
+                settled: SettledStatus::Completed,
+            }),
+            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout => Some(Self {
+                available_delta: amount,
+                reserved_delta: -amount,
+                settled: SettledStatus::Cancelled,
+            }),
+            PaymentResultStatus::Unknown => None,
+        }
+    }
+}
+
+/// What to do with a result, given the payment's row (`None`: no such payment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Apply(Movement),
+    Duplicate,
+    Reject(Rejection),
+}
+
+/// Judges `result` against the payment's row.
+///
+/// The wallet and amount are checked before the dedup: a result that disagrees with the
+/// payment it names is suspect whether or not the payment is settled, and a genuine
+/// redelivery always agrees, so checking first costs a true duplicate nothing.
+pub fn decide(row: Option<&PaymentRow>, result: &PaymentResult) -> Decision {
+    let Some(row) = row else {
+        return Decision::Reject(Rejection::UnknownPayment);
+    };
+    if row.wallet_id != result.wallet_id {
+        return Decision::Reject(Rejection::WalletMismatch {
+            reserved_in: row.wallet_id,
+            result: result.wallet_id,
+        });
+    }
+    // Decimal equality is numeric (10.0 == 10.00), so the column's scale does not matter.
+    if row.amount != result.amount.to_decimal() {
+        return Decision::Reject(Rejection::AmountMismatch { reserved: row.amount, result: result.amount });
+    }
+    match row.payment_result_id {
+        Some(settled) if settled == result.payment_result_id => return Decision::Duplicate,
+        Some(settled) => {
+            return Decision::Reject(Rejection::ConflictingResult { settled_result_id: settled })
+        }
+        None => {}
+    }
+    match Movement::for_result(result.status, result.amount) {
+        Some(movement) => Decision::Apply(movement),
+        None => Decision::Reject(Rejection::UnknownStatus),
+    }
+}
+
+/// The wallet after a result was applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The status applied.
+    pub status: PaymentResultStatus,
+    /// The wallet's `available` after the change.
+    pub available: Decimal,
+    /// The wallet's `reserved` after the change.
+    pub reserved: Decimal,
+    /// The wallet's `version` after the change.
+    pub wallet_version: i64,
+}
+
+/// The outcome of one result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The result settled its payment.
+    Applied(Applied),
+    /// This result had already been applied; nothing changed.
+    Duplicate,
+    /// The result cannot be applied; nothing changed. It goes to the DLQ.
+    Rejected(Rejection),
+}
+
+/// Why a result could not be applied now.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The database failed; [`ApplyError::is_transient`] says whether to retry.
+    #[error("wallet database: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A CHECK constraint or a post-condition refused the change: the wallet data was
+    /// inconsistent before, or this code is wrong. Never retried, never dead-lettered.
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+}
+
+impl ApplyError {
+    /// Retrying the same result may succeed (the database was away or aborted us).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(error) => is_transient(error),
+            Self::Invariant(_) => false,
+        }
+    }
+}
+
+/// A database error that says nothing about the data: the connection or the server was
+/// away, or Postgres aborted the transaction to resolve contention.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_is_transient(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs worth retrying: class 08 (connection exception), 40001 (serialization
+/// failure), 40P01 (deadlock), class 53 (insufficient resources, e.g. too many
+/// connections), 55P03 (lock not available), 57014 (statement timeout), 57P01–57P03 (the
+/// server is shutting down or starting).
+pub fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
+}
+
+const SELECT_PAYMENT: &str = "
+    SELECT wallet_id, amount, payment_result_id
+      FROM wallet_transactions
+     WHERE payment_id = $1
+       FOR UPDATE";
+
+const MOVE_MONEY: &str = "
+    UPDATE wallets
+       SET available = available + $2,
+           reserved = reserved + $3,
+           version = version + 1,
+           updated_at = now()
+     WHERE wallet_id = $1
+ RETURNING available, reserved, version";
+
+const SETTLE_PAYMENT: &str = "
+    UPDATE wallet_transactions
+       SET status = $2,
+           payment_result_id = $3,
+           result_status = $4,
+           result_reason = $5,
+           settled_at = now(),
+           updated_at = now()
+     WHERE payment_id = $1
+       AND payment_result_id IS NULL";
+
+/// Applies `result` in one transaction of the wallet database.
+pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, ApplyError> {
+    let mut tx = pool.begin().await.map_err(ApplyError::Database)?;
+    let row: Option<PaymentRow> = sqlx::query_as(SELECT_PAYMENT)
+        .bind(result.payment_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApplyError::Database)?;
+    let movement = match decide(row.as_ref(), result) {
+        Decision::Apply(movement) => movement,
+        Decision::Duplicate => return finish_unchanged(tx, Outcome::Duplicate).await,
+        Decision::Reject(rejection) => return finish_unchanged(tx, Outcome::Rejected(rejection)).await,
+    };
+    // The row was found above and is locked, so its wallet exists (foreign key).
+    let wallet_id = result.wallet_id;
+
+    let moved: Option<(Decimal, Decimal, i64)> = sqlx::query_as(MOVE_MONEY)
+        .bind(wallet_id)
+        .bind(movement.available_delta)
+        .bind(movement.reserved_delta)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| constraint_error(e, result))?;
+    let Some((available, reserved, wallet_version)) = moved else {
+        return Err(ApplyError::Invariant(format!(
+            "payment {} names wallet {wallet_id}, which does not exist",
+            result.payment_id
+        )));
+    };
+
+    let settled = sqlx::query(SETTLE_PAYMENT)
+        .bind(result.payment_id)
+        .bind(movement.settled.as_str())
+        .bind(result.payment_result_id)
+        .bind(result.status.symbol())
+        .bind(&result.reason)
+        .execute(&mut *tx)
+        .await;
+    match settled {
+        Ok(done) if done.rows_affected() == 1 => {}
+        Ok(done) => {
+            return Err(ApplyError::Invariant(format!(
+                "settling payment {} updated {} rows; the locked row was pending",
+                result.payment_id,
+                done.rows_affected()
+            )))
+        }
+        Err(error) if is_unique_violation(&error, RESULT_ID_UNIQUE_CONSTRAINT) => {
+            return finish_unchanged(tx, Outcome::Rejected(Rejection::ResultIdReused)).await;
+        }
+        Err(error) => return Err(constraint_error(error, result)),
+    }
+
+    // Read back what the CHECKs already guarantee: a reservation never goes negative.
+    if reserved < Decimal::ZERO || available < Decimal::ZERO {
+        return Err(ApplyError::Invariant(format!(
+            "wallet {wallet_id} would hold available {available}, reserved {reserved}"
+        )));
+    }
+    tx.commit().await.map_err(ApplyError::Database)?;
+    Ok(Outcome::Applied(Applied { status: result.status, available, reserved, wallet_version }))
+}
+
+/// Ends a transaction that changed nothing and returns `outcome`.
+async fn finish_unchanged(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    outcome: Outcome,
+) -> Result<Outcome, ApplyError> {
+    tx.rollback().await.map_err(ApplyError::Database)?;
+    Ok(outcome)
+}
+
+fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.kind() == ErrorKind::UniqueViolation && db.constraint() == Some(constraint))
+}
+
+/// A CHECK violation is an invariant error; anything else stays a database error.
+fn constraint_error(error: sqlx::Error, result: &PaymentResult) -> ApplyError {
+    match &error {
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::CheckViolation => {
+            ApplyError::Invariant(format!(
+                "applying result {} ({}) of payment {} to wallet {}: constraint {} refused it: {}",
+                result.payment_result_id,
+                result.status.symbol(),
+                result.payment_id,
+                result.wallet_id,
+                db.constraint().unwrap_or("?"),
+                db.message()
+            ))
+        }
+        _ => ApplyError::Database(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paystream_schemas::time;
+
+    use super::*;
+
+    fn result(status: PaymentResultStatus, amount_minor: i64) -> PaymentResult {
+        let payment_id = Uuid::new_v4();
+        PaymentResult {
+            payment_result_id: PaymentResult::id_for(payment_id, status),
+            payment_id,
+            wallet_id: Uuid::new_v4(),
+            amount: Amount::from_minor(amount_minor).unwrap(),
+            status,
+            reason: "because".into(),
+            decided_at: time::now(),
+        }
+    }
+
+    fn pending_row(result: &PaymentResult) -> PaymentRow {
+        PaymentRow {
+            wallet_id: result.wallet_id,
+            amount: result.amount.to_decimal(),
+            payment_result_id: None,
+        }
+    }
+
+    #[test]
+    fn completed_consumes_the_reservation() {
+        let r = result(PaymentResultStatus::Completed, 1_050);
+        assert_eq!(
+            decide(Some(&pending_row(&r)), &r),
+            Decision::Apply(Movement {
+                available_delta: Decimal::ZERO,
+                reserved_delta: Decimal::new(-1_050, 2),
+                settled: SettledStatus::Completed,
+            })
+        );
+    }
+
+    #[test]
+    fn failures_return_the_reservation() {
+        for status in [PaymentResultStatus::Failed, PaymentResultStatus::FailedTimeout] {
+            let r = result(status, 99_999_999_999);
+            assert_eq!(
+                decide(Some(&pending_row(&r)), &r),
+                Decision::Apply(Movement {
+                    available_delta: Decimal::new(99_999_999_999, 2),
+                    reserved_delta: Decimal::new(-99_999_999_999, 2),
+                    settled: SettledStatus::Cancelled,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn every_movement_conserves_money() {
+        // available + reserved changes by minus the amount for COMPLETED (it left the
+        // wallet) and by nothing for a failure.
+        let amount = Amount::from_minor(12_345).unwrap();
+        let completed = Movement::for_result(PaymentResultStatus::Completed, amount).unwrap();
+        assert_eq!(completed.available_delta + completed.reserved_delta, -amount.to_decimal());
+        for status in [PaymentResultStatus::Failed, PaymentResultStatus::FailedTimeout] {
+            let m = Movement::for_result(status, amount).unwrap();
+            assert_eq!(m.available_delta + m.reserved_delta, Decimal::ZERO);
+            assert!(m.reserved_delta < Decimal::ZERO && m.available_delta > Decimal::ZERO);
+        }
+        assert_eq!(Movement::for_result(PaymentResultStatus::Unknown, amount), None);
+    }
+
+    #[test]
+    fn the_same_result_again_is_a_duplicate_and_another_one_a_conflict() {
+        let r = result(PaymentResultStatus::Completed, 500);
+        let settled = PaymentRow { payment_result_id: Some(r.payment_result_id), ..pending_row(&r) };
+        assert_eq!(decide(Some(&settled), &r), Decision::Duplicate);
+
+        let other = PaymentResult {
+            payment_result_id: PaymentResult::id_for(r.payment_id, PaymentResultStatus::FailedTimeout),
+            status: PaymentResultStatus::FailedTimeout,
+            ..r.clone()
+        };
+        assert_eq!(
+            decide(Some(&settled), &other),
+            Decision::Reject(Rejection::ConflictingResult { settled_result_id: r.payment_result_id })
+        );
+    }
+
+    #[test]
+    fn results_that_disagree_with_the_payment_are_rejected() {
+        let r = result(PaymentResultStatus::Completed, 500);
+        assert_eq!(decide(None, &r), Decision::Reject(Rejection::UnknownPayment));
+
+        let row = PaymentRow { amount: Decimal::new(501, 2), ..pending_row(&r) };
+        assert_eq!(
+            decide(Some(&row), &r),
+            Decision::Reject(Rejection::AmountMismatch { reserved: Decimal::new(501, 2), result: r.amount })
+        );
+        // Scale does not matter, the number does: 5.0 is 5.00.
+        let row = PaymentRow { amount: Decimal::new(50, 1), ..pending_row(&r) };
+        assert!(matches!(decide(Some(&row), &r), Decision::Apply(_)));
+
+        let elsewhere = Uuid::new_v4();
+        let row = PaymentRow { wallet_id: elsewhere, ..pending_row(&r) };
+        assert_eq!(
+            decide(Some(&row), &r),
+            Decision::Reject(Rejection::WalletMismatch { reserved_in: elsewhere, result: r.wallet_id })
+        );
+
+        // A settled payment and a result with a different amount: suspect, not a duplicate.
+        let row = PaymentRow {
+            amount: Decimal::new(400, 2),
+            payment_result_id: Some(r.payment_result_id),
+            ..pending_row(&r)
+        };
+        assert!(matches!(decide(Some(&row), &r), Decision::Reject(Rejection::AmountMismatch { .. })));
+
+        let unknown = PaymentResult { status: PaymentResultStatus::Unknown, ..r.clone() };
+        assert_eq!(
+            decide(Some(&pending_row(&unknown)), &unknown),
+            Decision::Reject(Rejection::UnknownStatus)
+        );
+    }
+
+    #[test]
+    fn rejection_kinds_are_stable_and_listed() {
+        let all = [
+            Rejection::UnknownPayment,
+            Rejection::ConflictingResult { settled_result_id: Uuid::nil() },
+            Rejection::AmountMismatch { reserved: Decimal::ONE, result: Amount::from_minor(1).unwrap() },
+            Rejection::WalletMismatch { reserved_in: Uuid::nil(), result: Uuid::nil() },
+            Rejection::UnknownStatus,
+            Rejection::ResultIdReused,
+        ];
+        let kinds: Vec<_> = all.iter().map(Rejection::kind).collect();
+        assert_eq!(kinds, Rejection::KINDS);
+        assert!(all.iter().all(|r| !r.to_string().is_empty()));
+    }
+
+    #[test]
+    fn transient_database_errors_are_told_apart_from_permanent_ones() {
+        for code in ["08006", "08001", "40001", "40P01", "53300", "57P01", "57P03", "57014"] {
+            assert!(sqlstate_is_transient(code), "{code}");
+        }
+        for code in ["23505", "23514", "42P01", "22003", "XX000"] {
+            assert!(!sqlstate_is_transient(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::PoolClosed));
+        assert!(!ApplyError::Invariant("x".into()).is_transient());
+    }
+}
