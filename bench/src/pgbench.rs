@@ -78,7 +78,7 @@ pub struct PgbenchPlan {
     pub window: Window,
     /// `-D name=value` for every variable the script reads.
     pub variables: Vec<(String, String)>,
-    /// A fresh directory for the per-transaction logs; removed afterwards.
+    /// A fresh directory for the per-transaction logs; removed however the run ends.
     pub log_dir: PathBuf,
 }
 
@@ -103,6 +103,7 @@ pub async fn run(plan: &PgbenchPlan) -> Result<PgbenchRun, PgbenchError> {
         std::fs::remove_dir_all(&plan.log_dir).map_err(io)?;
     }
     std::fs::create_dir_all(&plan.log_dir).map_err(io)?;
+    let _remove_logs = RemoveOnDrop(&plan.log_dir);
     let duration_s = (plan.window.end + TAIL).as_secs_f64().ceil() as u64;
     let mut args: Vec<String> = vec![
         "--no-vacuum".into(),
@@ -146,9 +147,18 @@ pub async fn run(plan: &PgbenchPlan) -> Result<PgbenchRun, PgbenchError> {
     for line in aborted_clients(&stderr).take(clients_aborted) {
         tally.error("pgbench client aborted", line);
     }
-    std::fs::remove_dir_all(&plan.log_dir).map_err(io)?;
     let covered = last_end.min(plan.window.end).saturating_sub(plan.window.start);
     Ok(PgbenchRun { tally, covered, reported_tps: reported_tps(&stdout), command })
+}
+
+/// Removes the log directory however `run` ends: done, failed, or dropped by an interrupt.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        // Best effort: a leftover directory in the temp dir harms nothing.
+        let _ = std::fs::remove_dir_all(self.0);
+    }
 }
 
 /// The URL without its password, and the password.
