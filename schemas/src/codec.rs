@@ -156,17 +156,31 @@ impl EventCodec {
     }
 
     fn registry_error(&self, error: SRCError, schema_id: u32) -> DecodeError {
-        if error.retriable {
-            // Cached failures would make every retry fail without asking the registry.
+        let classified = classify_registry_error(&error, schema_id);
+        if classified.is_retriable() {
+            // The decoder caches failures: without this every retry would get the cached
+            // error without asking the registry again.
             self.decoder.remove_errors_from_cache();
-            return DecodeError::RegistryUnavailable(error.to_string());
         }
-        let text = format!("{} {}", error.error, error.cause.as_deref().unwrap_or_default());
-        if text.contains("40403") || text.contains("status 404") {
-            DecodeError::UnknownSchemaId(schema_id)
-        } else {
-            DecodeError::Registry(error.to_string())
-        }
+        classified
+    }
+}
+
+/// What a failed schema lookup means for the record. The registry being away (no
+/// connection, or it answered 5xx or 429) is retriable: the record may be perfectly good.
+/// A 404 means the id was never given out: the record is bad and goes to the DLQ.
+fn classify_registry_error(error: &SRCError, schema_id: u32) -> DecodeError {
+    let text = format!("{} {}", error.error, error.cause.as_deref().unwrap_or_default());
+    let status = text
+        .split("status ")
+        .skip(1)
+        .find_map(|rest| rest.get(..3).and_then(|digits| digits.parse::<u16>().ok()));
+    match status {
+        _ if error.retriable => DecodeError::RegistryUnavailable(error.to_string()),
+        Some(500..=599 | 429) => DecodeError::RegistryUnavailable(error.to_string()),
+        Some(404) => DecodeError::UnknownSchemaId(schema_id),
+        _ if text.contains("40403") => DecodeError::UnknownSchemaId(schema_id),
+        _ => DecodeError::Registry(error.to_string()),
     }
 }
 
@@ -204,6 +218,26 @@ fn widen_decimals(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answered(status: &str) -> SRCError {
+        let message = format!("HTTP request to schema registry failed with status {status}");
+        SRCError::new(&message, Some("error_code 0".into()), false)
+    }
+
+    #[test]
+    fn a_registry_that_is_away_or_failing_is_retriable_and_an_unknown_id_is_not() {
+        assert!(classify_registry_error(&answered("500 Internal Server Error"), 7).is_retriable());
+        assert!(classify_registry_error(&answered("503 Service Unavailable"), 7).is_retriable());
+        assert!(classify_registry_error(&answered("429 Too Many Requests"), 7).is_retriable());
+        let unreachable = SRCError::new("http call to schema registry failed", Some("refused".into()), true);
+        assert!(classify_registry_error(&unreachable, 7).is_retriable());
+        assert!(matches!(
+            classify_registry_error(&answered("404 Not Found"), 7),
+            DecodeError::UnknownSchemaId(7)
+        ));
+        let other = classify_registry_error(&answered("401 Unauthorized"), 7);
+        assert!(matches!(other, DecodeError::Registry(_)) && !other.is_retriable());
+    }
 
     #[test]
     fn widening_keeps_the_number_and_lets_minimal_decimals_resolve() {
