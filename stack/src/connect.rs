@@ -288,6 +288,20 @@ impl ConnectClient {
     }
 }
 
+/// A sentence for failures whose cause is known, put before Connect's stack trace.
+fn failure_hint(trace: &str) -> &'static str {
+    if trace.contains("no longer available on the server") {
+        // Debezium's stored offset is behind its replication slot: another Connect cluster
+        // consumed the slot, or Connect's offsets were restored from an older state.
+        // Resuming would skip changes, so it refuses; for an outbox that would lose events.
+        "the connector's stored position is behind its replication slot (another Connect used \
+         the same slot, or Connect's offsets are older than the database): on the local stack run \
+         `dev/reset`; in production, find out who consumed the slot before touching anything. "
+    } else {
+        ""
+    }
+}
+
 fn api_error(method: &'static str, path: &str, status: u16, message: String) -> ConnectError {
     ConnectError::Api { method, path: path.to_owned(), status, message }
 }
@@ -322,6 +336,13 @@ mod tests {
         let status: ConnectorStatus = serde_json::from_str(json).unwrap();
         assert!(!status.is_running());
         assert_eq!(status.failure(), Some("boom"));
+    }
+
+    #[test]
+    fn a_slot_ahead_of_the_stored_offset_gets_a_hint() {
+        assert!(failure_hint("DebeziumException: … but this is no longer available on the server.")
+            .contains("dev/reset"));
+        assert_eq!(failure_hint("NullPointerException"), "");
     }
 
     #[test]
