@@ -222,7 +222,7 @@ impl ConnectClient {
                             "GET",
                             &format!("/connectors/{name}/status"),
                             200,
-                            format!("FAILED: {trace}"),
+                            format!("FAILED: {}{trace}", failure_hint(trace)),
                         ));
                     }
                     format!(
