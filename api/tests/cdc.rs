@@ -10,43 +10,26 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use common::*;
 use paystream_schemas::registry::RegistryClient;
-use paystream_schemas::{wire, Amount, EventCodec};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use paystream_schemas::{wire, EventCodec};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use reqwest::Method;
 use uuid::Uuid;
 
 const TOPIC: &str = "wallet.public.wallets";
-
-/// A consumer of `topic` from its current end.
-fn tail(bootstrap: &str, topic: &str) -> BaseConsumer {
-    let consumer: BaseConsumer =
-        paystream_stack::kafka::read_committed_consumer(bootstrap, &format!("it-tail-{}", Uuid::new_v4()))
-            .create()
-            .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        let (_, high) = consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).unwrap();
-        assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high)).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    consumer
-}
 
 fn field<'a>(value: &'a Value, name: &str) -> &'a Value {
     let Value::Record(fields) = value else { panic!("not a record: {value:?}") };
     &fields.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no {name} in {value:?}")).1
 }
 
+/// A decimal of scale 2 as text, exactly (zero included, which `Amount` refuses).
 fn amount(value: &Value) -> String {
     let Value::Decimal(decimal) = value else { panic!("not a decimal: {value:?}") };
     let bytes = Vec::<u8>::try_from(decimal).unwrap();
-    match Amount::from_avro_bytes(&bytes) {
-        Ok(amount) => amount.to_string(),
-        Err(_) => "0.00".to_owned(), // Amount is positive; a zero balance is all-zero bytes
-    }
+    assert!(bytes.len() <= 16, "decimal of {} bytes", bytes.len());
+    let mut wide = [if bytes.first().is_some_and(|b| b & 0x80 != 0) { 0xFF } else { 0x00 }; 16];
+    wide[16 - bytes.len()..].copy_from_slice(&bytes);
+    rust_decimal::Decimal::from_i128_with_scale(i128::from_be_bytes(wide), 2).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -200,7 +200,9 @@ pub async fn partition_count(bootstrap: &str, topic: &str) -> Result<i32, KafkaE
         Ok(i32::try_from(partitions).unwrap_or(i32::MAX))
     })
     .await
-    .expect("metadata task panicked")
+    // The blocking task only panics on a bug in librdkafka's binding; report it as a failed
+    // metadata request rather than taking the caller down.
+    .unwrap_or(Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail)))
 }
 
 /// Waits until a broker answers a metadata request.
