@@ -22,6 +22,7 @@ COPY api/ api/
 COPY stack/ stack/
 COPY cli/ cli/
 COPY bench/ bench/
+COPY provider-sim/ provider-sim/
 # Embedded into the binary at compile time by sqlx::migrate!.
 COPY migrations/ migrations/
 

@@ -18,6 +18,16 @@ LOG_DIR="$PAYSTREAM_STATE/logs"
 RUN_DIR="$PAYSTREAM_STATE/run"
 mkdir -p "$PAYSTREAM_CACHE" "$PAYSTREAM_STATE" "$LOG_DIR" "$RUN_DIR"
 
+# RocksDB (the rocksdb crate's C++) takes about 25 minutes to compile on 2 cores, and cargo compiles
+# it again for every variant of the dependency graph's features (a `-p` build, a test build,
+# clippy, release). dev/install builds it once, optimized, into the cache; every build then links
+# that archive through librocksdb-sys's ROCKSDB_LIB_DIR instead of compiling it.
+ROCKSDB_VERSION="$(sed -n '/^name = "librocksdb-sys"$/{n;s/^version = "[^+]*+\(.*\)"$/\1/p}' "$REPO_DIR/Cargo.lock" 2>/dev/null)"
+ROCKSDB_PREBUILT_DIR="$PAYSTREAM_CACHE/rocksdb/${ROCKSDB_VERSION:-unknown}/lib"
+if [ -f "$ROCKSDB_PREBUILT_DIR/librocksdb.a" ] && [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
+  export ROCKSDB_LIB_DIR="$ROCKSDB_PREBUILT_DIR" ROCKSDB_STATIC=1
+fi
+
 # Addresses of the local stack (the Rust side reads the same defaults in stack/src/settings.rs).
 KAFKA_BOOTSTRAP=127.0.0.1:9092
 CONNECT_URL=http://127.0.0.1:8083

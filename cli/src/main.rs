@@ -5,8 +5,10 @@
 
 mod api;
 mod connect;
+mod dispatch;
 mod metrics_server;
 mod migrate;
+mod provider_sim;
 mod schemas;
 mod settle;
 mod shutdown;
@@ -34,6 +36,10 @@ enum Command {
     Topics(topics::Command),
     /// Apply payment results to wallets (consumes payments.results).
     Settle(settle::Args),
+    /// Charge the provider for every ChargeCommand (consumes payments.provider-commands).
+    Dispatch(dispatch::Args),
+    /// A simulated payment provider: idempotent charges, delayed signed callbacks, faults.
+    ProviderSim(paystream_provider_sim::Args),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
     /// Avro contracts in the Schema Registry.
@@ -59,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
         Command::Settle(args) => settle::run(&settings, args).await,
+        Command::Dispatch(args) => dispatch::run(&settings, args).await,
+        Command::ProviderSim(args) => provider_sim::run(args).await,
         Command::Token(args) => token::run(args),
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,

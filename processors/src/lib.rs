@@ -5,6 +5,9 @@
 //! - [`settlement`]: consumes `payments.results` and applies each PaymentResult to the
 //!   wallet database exactly once (dedup by PaymentResultId, confirm or compensate in one
 //!   transaction), dead-lettering results that contradict the database.
+//! - [`dispatcher`]: consumes the saga's `ChargeCommand`s, charges the provider over HTTP
+//!   (idempotency key = paymentId, timeouts, full-jitter retries, bounded concurrency) and
+//!   reports each as a `DispatchOutcome` before committing the command.
 //! - [`dlq`]: the dead-letter producer every processor shares: the original record, byte
 //!   for byte, with the reason and its source in headers, acknowledged before the source
 //!   offset is committed.
@@ -14,9 +17,9 @@
 //!   awaitable more than once.
 //!
 //! Still to come, each in its own folder: the payment saga (a topology with a RocksDB
-//! store and changelog, EOS v2), the timer processor, the provider dispatcher and the
-//! payment view.
+//! store and changelog, EOS v2), the timer processor and the payment view.
 
+pub mod dispatcher;
 pub mod dlq;
 pub mod retry;
 pub mod settlement;

@@ -71,14 +71,22 @@ pub fn transactional_producer(bootstrap: &str, transactional_id: &str) -> Client
         // A transaction left open by a crashed instance is aborted by the broker after
         // this long; the next instance with the same id fences it sooner.
         .set("transaction.timeout.ms", "60000")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        // Kafka's (Java's) murmur2 partitioner, so a key lands on the partition Debezium and
+        // the Java clients would choose (librdkafka's default, CRC32, differs).
+        .set("partitioner", "murmur2_random");
     config
 }
 
 /// An idempotent (non-transactional) producer: no duplicates from retries, `acks=all`.
 pub fn idempotent_producer(bootstrap: &str) -> ClientConfig {
     let mut config = base_config(bootstrap);
-    config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        // Same partitioner as Java's clients and Debezium: co-partitioning depends on it.
+        .set("partitioner", "murmur2_random");
     config
 }
 
@@ -137,6 +145,9 @@ pub fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, Kafka
     base_config(bootstrap).create()
 }
 
+/// How long a newly created topic may take to appear in the metadata.
+pub const METADATA_PROPAGATION_MS: u64 = 10_000;
+
 /// Creates every topic that does not exist yet; an existing topic is accepted when its
 /// partition count matches (a mismatch breaks co-partitioning and is an error).
 pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec]) -> Result<(), AdminError> {
@@ -158,7 +169,14 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec]) -> Result<(), 
         }
     }
     for spec in topics {
-        let actual = partition_count(bootstrap, &spec.name).await?;
+        // A topic just created can be missing from the metadata for a moment (0 partitions):
+        // wait for it, boundedly, before judging its partition count.
+        let mut actual = partition_count(bootstrap, &spec.name).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(METADATA_PROPAGATION_MS);
+        while actual == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            actual = partition_count(bootstrap, &spec.name).await?;
+        }
         if actual != spec.partitions {
             return Err(AdminError::PartitionMismatch {
                 topic: spec.name.clone(),

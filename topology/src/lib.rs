@@ -1,7 +1,38 @@
-//! A Kafka Streams-style runtime on rdkafka and RocksDB, with no payment knowledge:
-//! `Topology`, `Processor`, state stores with changelogs, exactly-once v2, punctuators
-//! and a test driver.
+//! A Kafka Streams-style runtime on rdkafka and RocksDB, with no payment knowledge.
 //!
-//! Not built yet: this crate is reserved by the foundation so the workspace has the
-//! shape DESIGN.md describes. Its issue ("topology/: a Kafka Streams-style runtime")
-//! fills it.
+//! # Layout
+//! - [`topology`]: the graph — named sources, processors, sinks and state stores, validated at build.
+//! - [`processor`]: the `Processor` trait and the `ProcessorContext` it works through (forward,
+//!   stores, record metadata, punctuation schedules).
+//! - [`record`]: typed records, raw records off Kafka, and records going to Kafka.
+//! - [`store`]: the `KeyValueStore` API, its RocksDB and in-memory backends, and the write buffer
+//!   that keeps uncommitted writes out of RocksDB.
+//! - [`task`]: one partition's processors and stores; turns records into outputs and writes.
+//! - [`runtime`]: the Kafka side — consumer group, exactly-once v2 transactions, changelogs,
+//!   restoration, checkpoints, rebalances, shutdown.
+//! - [`driver`]: `TopologyTestDriver`, the same task code with no broker, for unit tests.
+//! - [`query`]: interactive queries over this instance's stores.
+//! - [`dlq`]: dead letters for poison records.
+//! - [`metrics`]: the runtime's Prometheus metrics.
+//! - [`partitioner`]: Kafka's murmur2 partitioner, so Rust and Java agree on co-partitioning.
+
+pub mod dlq;
+pub mod driver;
+pub mod metrics;
+pub mod partitioner;
+pub mod processor;
+pub mod query;
+pub mod record;
+pub mod runtime;
+pub mod store;
+pub mod task;
+pub mod topology;
+
+pub use dlq::ErrorPolicy;
+pub use driver::TopologyTestDriver;
+pub use processor::{BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType};
+pub use query::{KeyQueryMetadata, StoreQuery};
+pub use record::{Headers, OutputRecord, RawRecord, Record, RecordMetadata};
+pub use runtime::{ProcessingGuarantee, Streams, StreamsConfig, StreamsError};
+pub use store::{KeyValueStore, ReadOnlyKeyValueStore, StoreError};
+pub use topology::{StoreKind, StoreSpec, Topology, TopologyBuilder, TopologyError};

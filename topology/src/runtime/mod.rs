@@ -1,0 +1,368 @@
+//! The Kafka side of the runtime: a consumer group member that owns tasks, commits their work in
+//! Kafka transactions (exactly-once v2), keeps their stores in RocksDB with changelogs, restores
+//! them when they move, and shuts down cleanly.
+//!
+//! One stream thread per instance (Kafka Streams' `num.stream.threads = 1`); run more instances
+//! with the same `application_id` to scale out. See `thread.rs` for the loop and why each step is
+//! ordered as it is.
+
+mod admin;
+pub mod checkpoint;
+mod clients;
+pub mod restore;
+mod thread;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+use crate::dlq::ErrorPolicy;
+use crate::metrics::StreamsMetrics;
+use crate::query::{QueryRegistry, StoreQuery};
+use crate::topology::Topology;
+
+/// Delivery semantics of the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessingGuarantee {
+    /// Kafka transactions: outputs, changelog records and consumed offsets commit atomically.
+    ExactlyOnceV2,
+    /// No transactions: outputs are flushed, then offsets committed. A crash repeats the work
+    /// since the last commit. For comparison and for idempotent pipelines only.
+    AtLeastOnce,
+}
+
+/// Settings of a runtime instance. `StreamsConfig::new` gives Kafka Streams' defaults where they
+/// apply.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// Group id, prefix of changelog topics and of the state directory.
+    pub application_id: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Root of local state: `<state_dir>/<application_id>/<task>/<store>`.
+    pub state_dir: PathBuf,
+    /// Stable identity of this instance, part of `transactional.id`. `None`: a UUID kept in the
+    /// state directory, so a restarted instance fences its own crashed predecessor at once.
+    pub instance_id: Option<String>,
+    /// Exactly-once v2 or at-least-once.
+    pub guarantee: ProcessingGuarantee,
+    /// How often work is committed (Kafka Streams under EOS: 100 ms).
+    pub commit_interval: Duration,
+    /// How often store checkpoints are written (each one syncs the RocksDB WAL).
+    pub checkpoint_interval: Duration,
+    /// `transaction.timeout.ms`.
+    pub transaction_timeout: Duration,
+    /// `session.timeout.ms`: how soon a dead instance's tasks move.
+    pub session_timeout: Duration,
+    /// Longest wait in one consumer poll; bounds wall-clock punctuation lateness.
+    pub poll_timeout: Duration,
+    /// `statistics.interval.ms`, which feeds the consumer-lag gauge.
+    pub statistics_interval: Duration,
+    /// `linger.ms` of the producer.
+    pub linger: Duration,
+    /// What to do with poison records.
+    pub error_policy: ErrorPolicy,
+    /// `auto.offset.reset` for partitions without a committed offset.
+    pub auto_offset_reset: String,
+    /// Replication factor of changelog topics (`-1`: the broker's default).
+    pub changelog_replication_factor: i32,
+    /// Extra librdkafka settings for every client (e.g. security).
+    pub kafka_overrides: Vec<(String, String)>,
+}
+
+impl StreamsConfig {
+    /// Defaults for `application_id` on `bootstrap_servers`, state under `state_dir`.
+    pub fn new(application_id: &str, bootstrap_servers: &str, state_dir: &Path) -> Self {
+        Self {
+            application_id: application_id.to_string(),
+            bootstrap_servers: bootstrap_servers.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            instance_id: None,
+            guarantee: ProcessingGuarantee::ExactlyOnceV2,
+            commit_interval: Duration::from_millis(100),
+            checkpoint_interval: Duration::from_secs(5),
+            transaction_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_millis(50),
+            statistics_interval: Duration::from_secs(5),
+            linger: Duration::from_millis(5),
+            error_policy: ErrorPolicy::Fail,
+            auto_offset_reset: "earliest".to_string(),
+            changelog_replication_factor: -1,
+            kafka_overrides: Vec::new(),
+        }
+    }
+
+    /// This application's directory under the state dir.
+    pub fn app_dir(&self) -> PathBuf {
+        self.state_dir.join(&self.application_id)
+    }
+
+    /// The instance id (`Streams::start` resolves `None` before any client is made).
+    pub fn instance(&self) -> &str {
+        self.instance_id.as_deref().unwrap_or("unset")
+    }
+
+    /// The producer's `transactional.id`: `<application_id>-<instance_id>`.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.application_id, self.instance())
+    }
+}
+
+/// Why the runtime could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamsError {
+    /// A Kafka client call failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: &'static str,
+        /// Kafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A source topic does not exist.
+    #[error("source topic {0} does not exist (create it first; the runtime creates only changelogs)")]
+    MissingTopic(String),
+    /// Source topics differ in partition count.
+    #[error("source topics are not co-partitioned: {0:?}")]
+    NotCopartitioned(BTreeMap<String, i32>),
+    /// A changelog topic could not be created or has the wrong shape.
+    #[error("changelog {topic}: {reason}")]
+    Changelog {
+        /// The topic.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The assignment did not give this instance the same partitions of every source topic.
+    #[error("assignment is not co-partitioned: {0}")]
+    Assignment(String),
+    /// A task failed (poison record under `ErrorPolicy::Fail`, a store, a processor).
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
+    /// Restoring a store failed.
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+    /// A store could not be opened or checkpointed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The state directory could not be prepared.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No store of that name in the topology.
+    #[error("no store named {0}")]
+    UnknownStore(String),
+    /// The stream thread panicked.
+    #[error("the stream thread panicked")]
+    Panicked,
+}
+
+impl StreamsError {
+    fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> StreamsError {
+        move |source| StreamsError::Kafka { context, source }
+    }
+}
+
+/// What the instance is doing, after Kafka Streams' `KafkaStreams.State`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamsState {
+    /// Validated, not yet in the group.
+    Created,
+    /// Joining the group or restoring stores.
+    Rebalancing,
+    /// Processing.
+    Running,
+    /// Shutdown requested; committing and closing.
+    PendingShutdown,
+    /// Stopped cleanly.
+    NotRunning,
+    /// Stopped on an error (see `join`).
+    Error,
+}
+
+/// A running instance of a topology: the handle to stop it, query its stores and read its metrics.
+pub struct Streams {
+    /// The stream thread.
+    thread: Option<JoinHandle<Result<(), StreamsError>>>,
+    /// Set to ask the thread to stop.
+    shutdown: Arc<AtomicBool>,
+    /// Current state.
+    state: Arc<Mutex<StreamsState>>,
+    /// Metrics registry and collectors.
+    metrics: StreamsMetrics,
+    /// Store backends of owned tasks, for queries.
+    registry: QueryRegistry,
+    /// Partitions of the source topics.
+    partitions: i32,
+    /// Store names in the topology.
+    stores: Vec<String>,
+    /// The configuration, with the instance id resolved.
+    config: StreamsConfig,
+}
+
+impl Streams {
+    /// Validates `topology` against the cluster (sources exist and are co-partitioned; changelogs
+    /// are created), then starts the stream thread.
+    pub fn start<K, V>(topology: Topology<K, V>, mut config: StreamsConfig) -> Result<Self, StreamsError>
+    where
+        K: Clone + Send + 'static,
+        V: Clone + Send + 'static,
+    {
+        let app_dir = config.app_dir();
+        std::fs::create_dir_all(&app_dir)
+            .map_err(|source| StreamsError::StateDir { path: app_dir.clone(), source })?;
+        if config.instance_id.is_none() {
+            config.instance_id = Some(instance_id(&app_dir)?);
+        }
+        let counts = admin::partition_counts(&config, &topology.source_topics())?;
+        let partitions = admin::copartitioned(&counts)?;
+        let changelogs: Vec<String> = topology
+            .stores()
+            .iter()
+            .filter(|s| s.logged)
+            .map(|s| s.changelog_topic(&config.application_id))
+            .collect();
+        admin::ensure_changelogs(&config, &changelogs, partitions)?;
+        tracing::info!(application_id = %config.application_id, instance = config.instance_id.as_deref().unwrap_or(""),
+            partitions, topology = %topology.describe(), "starting");
+
+        let metrics = StreamsMetrics::new(&config.application_id);
+        let registry: QueryRegistry = Arc::new(RwLock::new(BTreeMap::new()));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(StreamsState::Created));
+        let stores = topology.stores().iter().map(|s| s.name.clone()).collect();
+        let thread = {
+            let env = thread::Env {
+                topology,
+                config: config.clone(),
+                metrics: metrics.clone(),
+                registry: registry.clone(),
+                shutdown: shutdown.clone(),
+                state: state.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("{}-stream", config.application_id))
+                .spawn(move || thread::run(env))
+                .map_err(|source| StreamsError::StateDir { path: app_dir, source })?
+        };
+        Ok(Self { thread: Some(thread), shutdown, state, metrics, registry, partitions, stores, config })
+    }
+
+    /// Asks the instance to stop: finish the in-flight commit, close stores, leave the group.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that stops the instance when set (for signal handlers).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the stream thread to end and returns why it ended.
+    pub fn join(mut self) -> Result<(), StreamsError> {
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| StreamsError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs until `shutdown` completes (a SIGTERM, say) or the stream thread ends on its own, then
+    /// stops cleanly: the in-flight commit finishes, stores are closed, the group is left.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StreamsError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if self.is_finished() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Joining blocks until the last commit is done: off the async workers.
+        tokio::task::spawn_blocking(move || self.close()).await.map_err(|_| StreamsError::Panicked)?
+    }
+
+    /// Stops the instance and waits for it.
+    pub fn close(self) -> Result<(), StreamsError> {
+        self.request_shutdown();
+        self.join()
+    }
+
+    /// Whether the stream thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// What the instance is doing.
+    pub fn state(&self) -> StreamsState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only handle to store `name` across this instance's tasks.
+    pub fn store(&self, name: &str) -> Result<StoreQuery, StreamsError> {
+        if !self.stores.iter().any(|s| s == name) {
+            return Err(StreamsError::UnknownStore(name.to_string()));
+        }
+        Ok(StoreQuery::new(name, self.partitions, self.registry.clone()))
+    }
+
+    /// Partitions (tasks) this instance owns now.
+    pub fn assigned_partitions(&self) -> Vec<i32> {
+        let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        let mut partitions: Vec<i32> = registry.values().flat_map(|m| m.keys().copied()).collect();
+        partitions.sort();
+        partitions.dedup();
+        partitions
+    }
+
+    /// The runtime's metrics.
+    pub fn metrics(&self) -> &StreamsMetrics {
+        &self.metrics
+    }
+
+    /// The configuration in use (with the instance id resolved).
+    pub fn config(&self) -> &StreamsConfig {
+        &self.config
+    }
+}
+
+impl Drop for Streams {
+    /// Dropping a running instance stops it cleanly rather than leaving a thread behind.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shutdown.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The instance id kept in `<app_dir>/instance-id`, created on first start.
+fn instance_id(app_dir: &Path) -> Result<String, StreamsError> {
+    let path = app_dir.join("instance-id");
+    let io = |source| StreamsError::StateDir { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id).map_err(io)?;
+            Ok(id)
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Topologies shared by the driver tests and the runtime tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use paystream_topology::topology::Serialized;
+use paystream_topology::{
+    BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, RawRecord, Record,
+    StoreSpec, Topology,
+};
+
+/// A value that makes the counting processor refuse the record.
+pub const POISON: &str = "poison";
+
+pub fn utf8(raw: &RawRecord) -> Result<(String, String), BoxError> {
+    let key = String::from_utf8(raw.key.clone().unwrap_or_default())?;
+    let value = String::from_utf8(raw.value.clone().unwrap_or_default())?;
+    Ok((key, value))
+}
+
+pub fn to_bytes(record: &Record<String, String>) -> Result<Serialized, BoxError> {
+    Ok((Some(record.key.clone().into_bytes()), Some(record.value.clone().into_bytes())))
+}
+
+/// Counts records per key in store `counts` and emits the new count: the outputs of one key
+/// must be exactly 1, 2, …, n under exactly-once, whatever crashes.
+pub struct Count;
+
+impl Processor<String, String> for Count {
+    fn process(
+        &mut self,
+        record: Record<String, String>,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessError> {
+        if record.value == POISON {
+            return Err(ProcessError::poison(format!("value {POISON:?} is refused")));
+        }
+        let store = ctx.store("counts")?;
+        let count = match store.get(record.key.as_bytes())? {
+            Some(bytes) => parse_count(&bytes)?,
+            None => 0,
+        } + 1;
+        store.put(record.key.as_bytes(), count.to_string().as_bytes())?;
+        ctx.forward(record.with_value(count.to_string()));
+        Ok(())
+    }
+}
+
+fn parse_count(bytes: &[u8]) -> Result<u64, ProcessError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ProcessError::Fatal(format!("corrupt count {bytes:?}").into()))
+}
+
+/// `in` → `count` (store `counts`) → `out`.
+pub fn counting(input: &str, output: &str) -> Topology<String, String> {
+    let mut builder = Topology::builder();
+    builder
+        .add_source("in", &[input], utf8)
+        .add_processor("count", || Count, &["in"])
+        .add_state_store(StoreSpec::persistent("counts"), &["count"])
+        .add_sink("out", output, to_bytes, &["count"]);
+    builder.build().expect("valid topology")
+}
+
+/// Emits `wall:<t>` on every wall-clock punctuation and `stream:<t>` on every stream-time one.
+pub struct Ticker {
+    pub wall: Duration,
+    pub stream: Duration,
+    wall_id: Option<PunctuationId>,
+}
+
+impl Ticker {
+    pub fn new(wall: Duration, stream: Duration) -> Self {
+        Self { wall, stream, wall_id: None }
+    }
+}
+
+impl Processor<String, String> for Ticker {
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, String, String>) -> Result<(), ProcessError> {
+        self.wall_id = Some(ctx.schedule(self.wall, PunctuationType::WallClock));
+        ctx.schedule(self.stream, PunctuationType::StreamTime);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _: Record<String, String>,
+        _: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        id: PunctuationId,
+        timestamp_ms: i64,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessError> {
+        let kind = if Some(id) == self.wall_id { "wall" } else { "stream" };
+        let key = format!("p{}", ctx.partition());
+        ctx.forward(Record::new(key, format!("{kind}:{timestamp_ms}"), timestamp_ms));
+        Ok(())
+    }
+}
+
+/// `in` → `tick` → `out`.
+pub fn ticking(input: &str, output: &str, wall: Duration, stream: Duration) -> Topology<String, String> {
+    let mut builder = Topology::builder();
+    builder
+        .add_source("in", &[input], utf8)
+        .add_processor("tick", move || Ticker::new(wall, stream), &["in"])
+        .add_sink("out", output, to_bytes, &["tick"]);
+    builder.build().expect("valid topology")
+}
