@@ -31,7 +31,7 @@ pub mod topology;
 pub use dlq::ErrorPolicy;
 pub use driver::TopologyTestDriver;
 pub use processor::{BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType};
-pub use query::{KeyQueryMetadata, StoreQuery};
+pub use query::{KeyOwner, KeyQueryMetadata, StoreQuery};
 pub use record::{Headers, OutputRecord, RawRecord, Record, RecordMetadata};
 pub use runtime::{ProcessingGuarantee, Streams, StreamsConfig, StreamsError};
 pub use store::{KeyValueStore, ReadOnlyKeyValueStore, StoreError};

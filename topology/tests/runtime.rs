@@ -456,6 +456,11 @@ async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
         let owner = if meta.local { &qa } else { &qb };
         assert!(meta.local != qb.metadata_for_key(key.as_bytes()).local, "exactly one owner of {key}");
         assert_eq!(owner.get(key.as_bytes()).unwrap(), Some(b"3".to_vec()));
+        // And the group coordinator names the same owner, so a query can be routed to it.
+        let named = a.key_owner(key.as_bytes()).unwrap();
+        let owner_instance = if meta.local { a.config().instance() } else { b.config().instance() };
+        assert_eq!(named.partition, meta.partition);
+        assert_eq!(named.instance_id.as_deref(), Some(owner_instance), "owner of {key}");
     }
 
     // B goes away; A takes its partitions and rebuilds their stores from the changelog.

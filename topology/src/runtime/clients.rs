@@ -93,10 +93,8 @@ pub struct QuietContext;
 impl ClientContext for QuietContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        let end_of_partition = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
+        let end_of_partition =
+            matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
         if !end_of_partition {
             tracing::error!(%error, reason, "restore consumer error");
         }

@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 
 use crate::dlq::ErrorPolicy;
 use crate::metrics::StreamsMetrics;
-use crate::query::{QueryRegistry, StoreQuery};
+use crate::query::{KeyOwner, QueryRegistry, StoreQuery};
 use crate::topology::Topology;
 
 /// Delivery semantics of the runtime.
@@ -208,6 +208,8 @@ pub struct Streams {
     partitions: i32,
     /// Store names in the topology.
     stores: Vec<String>,
+    /// One source topic, whose assignment says who owns a partition.
+    source_topic: String,
     /// The configuration, with the instance id resolved.
     config: StreamsConfig,
 }
@@ -243,6 +245,7 @@ impl Streams {
         let shutdown = Arc::new(AtomicBool::new(false));
         let state = Arc::new(Mutex::new(StreamsState::Created));
         let stores = topology.stores().iter().map(|s| s.name.clone()).collect();
+        let source_topic = topology.source_topics().into_iter().next().unwrap_or_default();
         let thread = {
             let env = thread::Env {
                 topology,
@@ -257,7 +260,17 @@ impl Streams {
                 .spawn(move || thread::run(env))
                 .map_err(|source| StreamsError::StateDir { path: app_dir, source })?
         };
-        Ok(Self { thread: Some(thread), shutdown, state, metrics, registry, partitions, stores, config })
+        Ok(Self {
+            thread: Some(thread),
+            shutdown,
+            state,
+            metrics,
+            registry,
+            partitions,
+            stores,
+            source_topic,
+            config,
+        })
     }
 
     /// Asks the instance to stop: finish the in-flight commit, close stores, leave the group.
@@ -330,6 +343,42 @@ impl Streams {
         partitions.sort();
         partitions.dedup();
         partitions
+    }
+
+    /// Which instance of the application owns `key` (its serialized bytes), asking the group
+    /// coordinator: the member whose assignment holds the key's partition of the first source
+    /// topic. Use it to route an interactive query to the instance that can answer it.
+    pub fn key_owner(&self, key: &[u8]) -> Result<KeyOwner, StreamsError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let partition = crate::partitioner::partition_for_key(key, self.partitions);
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .create()
+            .map_err(StreamsError::kafka("creating the metadata client"))?;
+        let groups = consumer
+            .fetch_group_list(Some(&self.config.application_id), Duration::from_secs(10))
+            .map_err(StreamsError::kafka("describing the consumer group"))?;
+        let topic = self.source_topic.as_str();
+        let prefix = format!("{}-", self.config.application_id);
+        for group in groups.groups() {
+            for member in group.members() {
+                let Some(bytes) = member.assignment() else { continue };
+                let Ok(assignment) = crate::query::decode_assignment(bytes) else { continue };
+                if assignment.get(topic).is_some_and(|ps| ps.contains(&partition)) {
+                    let instance = member
+                        .client_id()
+                        .strip_prefix(&prefix)
+                        .and_then(|rest| rest.strip_suffix("-consumer"))
+                        .map(str::to_string);
+                    return Ok(KeyOwner {
+                        partition,
+                        instance_id: instance,
+                        host: Some(member.client_host().to_string()),
+                    });
+                }
+            }
+        }
+        Ok(KeyOwner { partition, instance_id: None, host: None })
     }
 
     /// The runtime's metrics.
