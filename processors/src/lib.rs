@@ -16,11 +16,15 @@
 //! - [`shutdown`]: the shutdown trigger a processor's `run` takes as a `Future`, made
 //!   awaitable more than once.
 //!
-//! Still to come, each in its own folder: the payment saga (a topology with a RocksDB
-//! store and changelog, EOS v2), the timer processor and the payment view.
+//! - [`saga`]: the payment saga. So far its state machine (every transition in one table);
+//!   the topology around it (RocksDB store and changelog, EOS v2, timers) comes next.
+//!
+//! Still to come, each in its own folder: the saga's topology, the timer processor and the
+//! payment view.
 
 pub mod dispatcher;
 pub mod dlq;
 pub mod retry;
+pub mod saga;
 pub mod settlement;
 pub mod shutdown;
