@@ -16,11 +16,11 @@
 //! - [`shutdown`]: the shutdown trigger a processor's `run` takes as a `Future`, made
 //!   awaitable more than once.
 //!
-//! - [`saga`]: the payment saga. So far its state machine (every transition in one table);
-//!   the topology around it (RocksDB store and changelog, EOS v2, timers) comes next.
+//! - [`saga`]: the payment saga on `topology/`: the state machine, the saga topology and the
+//!   timer processor (logic done and tested on the test driver; binaries and end-to-end tests
+//!   come next).
 //!
-//! Still to come, each in its own folder: the saga's topology, the timer processor and the
-//! payment view.
+//! Still to come: the payment view.
 
 pub mod dispatcher;
 pub mod dlq;

@@ -9,7 +9,7 @@
 use paystream_schemas::events::PaymentResultStatus;
 
 /// Where a payment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PaymentStatus {
     /// Initiated; the charge command is issued, the provider has not taken it yet.
     New,

@@ -1,0 +1,120 @@
+//! The timer processor: durable timers on `payments.timers`.
+//!
+//! It reads `TimerScheduled` events, keeps them in a RocksDB store ordered by due time (key:
+//! due time in big-endian milliseconds, then paymentId, then kind, so a range scan from zero to
+//! "now" is exactly the due timers), and a wall-clock punctuator fires them back as `TimerFired`
+//! on the same topic, deleting them in the same transaction. The store has a changelog like any
+//! other, so timers survive restarts and moves of every process. A timer fires at most one
+//! punctuation interval plus one commit interval after its due time (while the process runs).
+//! Whether the payment is still waiting is the saga's business: it absorbs a late timer.
+
+use std::time::Duration;
+
+use paystream_schemas::events::{topics, TimerChange, TimerKind};
+use paystream_topology::topology::Serialized;
+use paystream_topology::{
+    BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, RawRecord, Record,
+    StoreSpec, Topology, TopologyError,
+};
+use uuid::Uuid;
+
+use super::processor::{SagaCodec, SagaEvent};
+
+/// The due-index store.
+pub const STORE: &str = "due";
+/// How often due timers are looked for.
+pub const PUNCTUATION_INTERVAL: Duration = Duration::from_millis(100);
+/// Most timers fired by one punctuation (the rest wait for the next one).
+pub const MAX_FIRED_PER_PUNCTUATION: usize = 1_000;
+
+/// The due-index key of a timer.
+fn due_key(due_ms: i64, payment_id: Uuid, kind: TimerKind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + 16 + 1);
+    key.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(payment_id.as_bytes());
+    key.push(kind as u8);
+    key
+}
+
+struct Timers {
+    codec: std::sync::Arc<dyn SagaCodec>,
+}
+
+impl Processor<Uuid, SagaEvent> for Timers {
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, Uuid, SagaEvent>) -> Result<(), ProcessError> {
+        ctx.schedule(PUNCTUATION_INTERVAL, PunctuationType::WallClock);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        record: Record<Uuid, SagaEvent>,
+        ctx: &mut ProcessorContext<'_, Uuid, SagaEvent>,
+    ) -> Result<(), ProcessError> {
+        let SagaEvent::Timer(timer) = record.value else {
+            return Err(ProcessError::poison("not a timer event"));
+        };
+        if let TimerChange::Scheduled { .. } = timer.change {
+            let key = due_key(timer.due_at.timestamp_millis(), timer.payment_id, timer.kind);
+            let value = self.codec.encode(&SagaEvent::Timer(timer)).map_err(ProcessError::Fatal)?;
+            ctx.store(STORE)?.put(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        _: PunctuationId,
+        now_ms: i64,
+        ctx: &mut ProcessorContext<'_, Uuid, SagaEvent>,
+    ) -> Result<(), ProcessError> {
+        let upper = due_key(now_ms.saturating_add(1), Uuid::nil(), TimerKind::Unknown);
+        let due = ctx.store(STORE)?.range(&[], &upper[..8], MAX_FIRED_PER_PUNCTUATION)?;
+        let fired_at = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now);
+        for (key, value) in due {
+            ctx.store(STORE)?.delete(&key)?;
+            let raw = RawRecord {
+                topic: topics::PAYMENTS_TIMERS.to_string(),
+                partition: ctx.partition(),
+                offset: -1,
+                key: None,
+                value: Some(value),
+                timestamp_ms: now_ms,
+                headers: Vec::new(),
+            };
+            let SagaEvent::Timer(mut timer) = self.codec.decode(&raw).map_err(ProcessError::Fatal)? else {
+                return Err(ProcessError::Fatal("the due index holds a non-timer".into()));
+            };
+            timer.change = TimerChange::Fired { fired_at };
+            ctx.forward(Record::new(timer.payment_id, SagaEvent::Timer(timer), now_ms));
+        }
+        Ok(())
+    }
+}
+
+/// The timer processor's topology over `codec`.
+pub fn topology<C: SagaCodec>(codec: C) -> Result<Topology<Uuid, SagaEvent>, TopologyError> {
+    let codec: std::sync::Arc<dyn SagaCodec> = std::sync::Arc::new(codec);
+    let (de_codec, ser_codec, proc_codec) = (codec.clone(), codec.clone(), codec);
+    let mut builder = Topology::builder();
+    builder
+        .add_source(
+            "timer-events",
+            &[topics::PAYMENTS_TIMERS],
+            move |raw: &RawRecord| -> Result<(Uuid, SagaEvent), BoxError> {
+                let id = Uuid::parse_str(std::str::from_utf8(raw.key.as_deref().unwrap_or_default())?)?;
+                Ok((id, de_codec.decode(raw)?))
+            },
+        )
+        .add_processor("timers", move || Timers { codec: proc_codec.clone() }, &["timer-events"])
+        .add_state_store(StoreSpec::persistent(STORE), &["timers"])
+        .add_sink(
+            "fired",
+            topics::PAYMENTS_TIMERS,
+            move |record: &Record<Uuid, SagaEvent>| -> Result<Serialized, BoxError> {
+                Ok((Some(record.key.to_string().into_bytes()), Some(ser_codec.encode(&record.value)?)))
+            },
+            &["timers"],
+        );
+    builder.build()
+}
