@@ -40,6 +40,8 @@ PG_PORT=5432
 
 # The API's bearer-token secret on the local stack only (tests mint tokens with it).
 export PAYSTREAM_JWT_HS256_SECRET="${PAYSTREAM_JWT_HS256_SECRET:-paystream-local-development-secret-0123456789}"
+# Local state of the topology processes (saga, timers): RocksDB stores and checkpoints.
+export PAYSTREAM_STATE_DIR="${PAYSTREAM_STATE_DIR:-$PAYSTREAM_STATE/streams}"
 # The provider's callback signing secret on the local stack only.
 export PAYSTREAM_PROVIDER_WEBHOOK_SECRETS="${PAYSTREAM_PROVIDER_WEBHOOK_SECRETS:-paystream-local-provider-webhook-secret}"
 

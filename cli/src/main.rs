@@ -9,6 +9,7 @@ mod dispatch;
 mod metrics_server;
 mod migrate;
 mod provider_sim;
+mod saga;
 mod schemas;
 mod settle;
 mod shutdown;
@@ -36,6 +37,10 @@ enum Command {
     Topics(topics::Command),
     /// Apply payment results to wallets (consumes payments.results).
     Settle(settle::Args),
+    /// The payment saga: initiated + callbacks + outcomes + timers → exactly one PaymentResult.
+    Saga(saga::SagaArgs),
+    /// Durable timers: fire TimerScheduled events back as TimerFired when due.
+    Timers(saga::TimersArgs),
     /// Charge the provider for every ChargeCommand (consumes payments.provider-commands).
     Dispatch(dispatch::Args),
     /// A simulated payment provider: idempotent charges, delayed signed callbacks, faults.
@@ -65,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
         Command::Settle(args) => settle::run(&settings, args).await,
+        Command::Saga(args) => saga::run_saga(&settings, args).await,
+        Command::Timers(args) => saga::run_timers(&settings, args).await,
         Command::Dispatch(args) => dispatch::run(&settings, args).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
         Command::Token(args) => token::run(args),

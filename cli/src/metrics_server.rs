@@ -10,19 +10,24 @@ use tokio::task::JoinHandle;
 
 /// Serves `registry` at `http://{listen}/metrics` until the returned task is aborted.
 pub async fn spawn(listen: SocketAddr, registry: prometheus::Registry) -> anyhow::Result<JoinHandle<()>> {
+    spawn_many(listen, vec![registry]).await
+}
+
+/// Serves several registries as one exposition (a topology runtime keeps its own registry).
+pub async fn spawn_many(
+    listen: SocketAddr,
+    registries: Vec<prometheus::Registry>,
+) -> anyhow::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen} for metrics"))?;
-    let router =
-        Router::new().route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_default()
-                }
-            }),
-        );
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let families: Vec<_> = registries.iter().flat_map(prometheus::Registry::gather).collect();
+            async move { prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default() }
+        }),
+    );
     Ok(tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::warn!(%error, "the metrics endpoint stopped");

@@ -11,6 +11,7 @@
 //! the `paystream saga` / `paystream timers` subcommands, and the end-to-end tests against the
 //! real stack with the dispatcher and the provider simulator.
 
+pub mod codec;
 pub mod processor;
 pub mod state;
 pub mod timers;

@@ -1,0 +1,58 @@
+//! The saga's production codec: the registry's Confluent wire format, through the async
+//! `EventCodec`, bridged onto the topology's stream thread.
+//!
+//! The stream thread is a plain OS thread, so it may block on the tokio runtime's handle; the
+//! codec caches schemas per id and per subject, so after the first record of each contract a
+//! call does no I/O. A registry that cannot be reached is an error of the record (dead-lettered
+//! under the DLQ policy): run the saga with `ErrorPolicy::Fail` to stop instead, if the
+//! registry's availability is not trusted.
+
+use paystream_schemas::events::topics;
+use paystream_schemas::EventCodec;
+use paystream_topology::{BoxError, RawRecord};
+use tokio::runtime::Handle;
+
+use super::processor::{SagaCodec, SagaEvent};
+
+/// Confluent-framed Avro with schema ids from the registry.
+pub struct RegistryCodec {
+    codec: EventCodec,
+    runtime: Handle,
+}
+
+impl RegistryCodec {
+    /// A codec over `codec`, blocking on `runtime` (call from inside it: `Handle::current()`).
+    pub fn new(codec: EventCodec, runtime: Handle) -> Self {
+        Self { codec, runtime }
+    }
+}
+
+impl SagaCodec for RegistryCodec {
+    fn decode(&self, raw: &RawRecord) -> Result<SagaEvent, BoxError> {
+        let bytes = raw.value.as_deref().ok_or("a tombstone on a saga input")?;
+        let codec = &self.codec;
+        self.runtime.block_on(async move {
+            Ok(match raw.topic.as_str() {
+                topics::PAYMENTS_INITIATED => SagaEvent::Initiated(codec.decode(bytes).await?),
+                topics::PAYMENTS_CALLBACKS => SagaEvent::Callback(codec.decode(bytes).await?),
+                topics::PAYMENTS_DISPATCH_OUTCOMES => SagaEvent::Outcome(codec.decode(bytes).await?),
+                topics::PAYMENTS_TIMERS => SagaEvent::Timer(codec.decode(bytes).await?),
+                other => return Err(format!("not a saga input topic: {other}").into()),
+            })
+        })
+    }
+
+    fn encode(&self, event: &SagaEvent) -> Result<Vec<u8>, BoxError> {
+        let codec = &self.codec;
+        self.runtime.block_on(async move {
+            Ok(match event {
+                SagaEvent::Initiated(e) => codec.encode(e).await?,
+                SagaEvent::Callback(e) => codec.encode(e).await?,
+                SagaEvent::Outcome(e) => codec.encode(e).await?,
+                SagaEvent::Timer(e) => codec.encode(e).await?,
+                SagaEvent::Charge(e) => codec.encode(e).await?,
+                SagaEvent::Result(e) => codec.encode(e).await?,
+            })
+        })
+    }
+}
