@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use paystream_processors::saga::codec::RegistryCodec;
-use paystream_processors::saga::processor::{self, SagaMetrics, SagaSettings};
+use paystream_processors::saga::processor::{self, SagaMetrics, SagaSettings, SagaTopics};
 use paystream_processors::saga::timers;
 use paystream_schemas::EventCodec;
 use paystream_stack::StackSettings;
@@ -92,14 +92,14 @@ pub async fn run_saga(settings: &StackSettings, args: SagaArgs) -> anyhow::Resul
         payment_timeout: Duration::from_millis(args.payment_timeout_ms),
         callback_retention: Duration::from_millis(args.callback_retention_ms),
     };
-    let topology = processor::topology(codec(settings)?, saga_settings, metrics)?;
+    let topology = processor::topology(codec(settings)?, saga_settings, metrics, &SagaTopics::default())?;
     tracing::info!(application_id = SAGA_APPLICATION_ID, "running the payment saga");
     run_streams(topology, config(settings, SAGA_APPLICATION_ID, &args.common), args.metrics_listen, registry)
         .await
 }
 
 pub async fn run_timers(settings: &StackSettings, args: TimersArgs) -> anyhow::Result<()> {
-    let topology = timers::topology(codec(settings)?)?;
+    let topology = timers::topology(codec(settings)?, &SagaTopics::default().timers)?;
     tracing::info!(application_id = TIMERS_APPLICATION_ID, "running the timer processor");
     let config = config(settings, TIMERS_APPLICATION_ID, &args.common);
     run_streams(topology, config, args.metrics_listen, prometheus::Registry::new()).await

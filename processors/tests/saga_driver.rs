@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paystream_processors::saga::processor::{
-    self, AvroDatumCodec, SagaCodec, SagaEvent, SagaMetrics, SagaSettings,
+    self, AvroDatumCodec, Input, SagaCodec, SagaEvent, SagaMetrics, SagaSettings, SagaTopics,
 };
 use paystream_processors::saga::timers;
 use paystream_schemas::events::{
@@ -13,7 +13,7 @@ use paystream_schemas::events::{
     ProviderCallbackReceived, ProviderStatus, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
-use paystream_topology::{ErrorPolicy, RawRecord, TopologyTestDriver};
+use paystream_topology::{ErrorPolicy, TopologyTestDriver};
 use uuid::Uuid;
 
 const T0_MS: i64 = 1_800_000_000_000;
@@ -24,7 +24,9 @@ fn at(ms: i64) -> DateTime<Utc> {
 
 fn saga() -> (TopologyTestDriver<Uuid, SagaEvent>, SagaMetrics) {
     let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
-    let topology = processor::topology(AvroDatumCodec, SagaSettings::default(), metrics.clone()).unwrap();
+    let topology =
+        processor::topology(AvroDatumCodec, SagaSettings::default(), metrics.clone(), &SagaTopics::default())
+            .unwrap();
     let dlq = ErrorPolicy::DeadLetter { topic: "payments.dlq".into() };
     (TopologyTestDriver::new(topology, "paystream-saga", dlq, T0_MS).unwrap(), metrics)
 }
@@ -42,24 +44,6 @@ fn pipe(driver: &mut TopologyTestDriver<Uuid, SagaEvent>, id: Uuid, event: SagaE
 }
 
 fn decode(topic: &str, value: &[u8]) -> SagaEvent {
-    let raw = RawRecord {
-        topic: topic.into(),
-        partition: 0,
-        offset: 0,
-        key: None,
-        value: Some(value.to_vec()),
-        timestamp_ms: 0,
-        headers: vec![],
-    };
-    // Outputs are decoded with the input decoder of a topic carrying the same contract.
-    let as_topic = match topic {
-        topics::PAYMENTS_RESULTS | topics::PAYMENTS_PROVIDER_COMMANDS => return decode_output(topic, value),
-        other => other,
-    };
-    AvroDatumCodec.decode(&RawRecord { topic: as_topic.into(), ..raw }).unwrap()
-}
-
-fn decode_output(topic: &str, value: &[u8]) -> SagaEvent {
     use apache_avro::reader::datum::GenericDatumReader;
     use paystream_schemas::event::Event;
     fn read<E: Event>(value: &[u8]) -> E {
@@ -68,7 +52,9 @@ fn decode_output(topic: &str, value: &[u8]) -> SagaEvent {
     }
     match topic {
         topics::PAYMENTS_RESULTS => SagaEvent::Result(read(value)),
-        _ => SagaEvent::Charge(read(value)),
+        topics::PAYMENTS_PROVIDER_COMMANDS => SagaEvent::Charge(read(value)),
+        topics::PAYMENTS_TIMERS => AvroDatumCodec.decode(Input::Timer, value).unwrap(),
+        other => panic!("no outputs on {other}"),
     }
 }
 
@@ -246,7 +232,7 @@ fn poison_inputs_are_dead_lettered() {
 
 #[test]
 fn timers_fire_once_when_due_and_not_before() {
-    let topology = timers::topology(AvroDatumCodec).unwrap();
+    let topology = timers::topology(AvroDatumCodec, topics::PAYMENTS_TIMERS).unwrap();
     let mut driver = TopologyTestDriver::new(topology, "paystream-timers", ErrorPolicy::Fail, T0_MS).unwrap();
     let id = Uuid::new_v4();
     let scheduled = SagaEvent::Timer(TimerEvent {

@@ -7,12 +7,11 @@
 //! under the DLQ policy): run the saga with `ErrorPolicy::Fail` to stop instead, if the
 //! registry's availability is not trusted.
 
-use paystream_schemas::events::topics;
 use paystream_schemas::EventCodec;
-use paystream_topology::{BoxError, RawRecord};
+use paystream_topology::BoxError;
 use tokio::runtime::Handle;
 
-use super::processor::{SagaCodec, SagaEvent};
+use super::processor::{Input, SagaCodec, SagaEvent};
 
 /// Confluent-framed Avro with schema ids from the registry.
 pub struct RegistryCodec {
@@ -28,16 +27,14 @@ impl RegistryCodec {
 }
 
 impl SagaCodec for RegistryCodec {
-    fn decode(&self, raw: &RawRecord) -> Result<SagaEvent, BoxError> {
-        let bytes = raw.value.as_deref().ok_or("a tombstone on a saga input")?;
+    fn decode(&self, input: Input, bytes: &[u8]) -> Result<SagaEvent, BoxError> {
         let codec = &self.codec;
         self.runtime.block_on(async move {
-            Ok(match raw.topic.as_str() {
-                topics::PAYMENTS_INITIATED => SagaEvent::Initiated(codec.decode(bytes).await?),
-                topics::PAYMENTS_CALLBACKS => SagaEvent::Callback(codec.decode(bytes).await?),
-                topics::PAYMENTS_DISPATCH_OUTCOMES => SagaEvent::Outcome(codec.decode(bytes).await?),
-                topics::PAYMENTS_TIMERS => SagaEvent::Timer(codec.decode(bytes).await?),
-                other => return Err(format!("not a saga input topic: {other}").into()),
+            Ok(match input {
+                Input::Initiated => SagaEvent::Initiated(codec.decode(bytes).await?),
+                Input::Callback => SagaEvent::Callback(codec.decode(bytes).await?),
+                Input::Outcome => SagaEvent::Outcome(codec.decode(bytes).await?),
+                Input::Timer => SagaEvent::Timer(codec.decode(bytes).await?),
             })
         })
     }

@@ -48,10 +48,53 @@ pub enum SagaEvent {
     Result(PaymentResult),
 }
 
+/// Which input a record came from (and so which contract its bytes carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// `PaymentInitiated`.
+    Initiated,
+    /// `ProviderCallbackReceived`.
+    Callback,
+    /// `DispatchOutcome`.
+    Outcome,
+    /// `TimerEvent`.
+    Timer,
+}
+
+/// The topics the saga reads and writes; `Default` is the production names.
+#[derive(Debug, Clone)]
+pub struct SagaTopics {
+    /// PaymentInitiated in.
+    pub initiated: String,
+    /// ProviderCallbackReceived in.
+    pub callbacks: String,
+    /// DispatchOutcome in.
+    pub outcomes: String,
+    /// TimerEvent in and out.
+    pub timers: String,
+    /// ChargeCommand out.
+    pub commands: String,
+    /// PaymentResult out.
+    pub results: String,
+}
+
+impl Default for SagaTopics {
+    fn default() -> Self {
+        Self {
+            initiated: topics::PAYMENTS_INITIATED.into(),
+            callbacks: topics::PAYMENTS_CALLBACKS.into(),
+            outcomes: topics::PAYMENTS_DISPATCH_OUTCOMES.into(),
+            timers: topics::PAYMENTS_TIMERS.into(),
+            commands: topics::PAYMENTS_PROVIDER_COMMANDS.into(),
+            results: topics::PAYMENTS_RESULTS.into(),
+        }
+    }
+}
+
 /// Bytes ↔ events. Production uses the registry's Confluent wire format; unit tests plain Avro.
 pub trait SagaCodec: Send + Sync + 'static {
-    /// Decodes a record of one of the saga's input topics.
-    fn decode(&self, raw: &RawRecord) -> Result<SagaEvent, BoxError>;
+    /// Decodes a record of one of the saga's inputs.
+    fn decode(&self, input: Input, bytes: &[u8]) -> Result<SagaEvent, BoxError>;
     /// Encodes an output event.
     fn encode(&self, event: &SagaEvent) -> Result<Vec<u8>, BoxError>;
 }
@@ -337,41 +380,51 @@ fn decision_name(decision: Decision) -> &'static str {
     }
 }
 
-/// The saga's topology over `codec`.
+/// The saga's topology over `codec`, on `topics`.
 pub fn topology<C: SagaCodec>(
     codec: C,
     settings: SagaSettings,
     metrics: SagaMetrics,
+    topics: &SagaTopics,
 ) -> Result<Topology<Uuid, SagaEvent>, TopologyError> {
     let codec = std::sync::Arc::new(codec);
-    let de = |codec: std::sync::Arc<C>| {
-        move |raw: &RawRecord| -> Result<(Uuid, SagaEvent), BoxError> {
-            let key = std::str::from_utf8(raw.key.as_deref().unwrap_or_default())?;
-            let id = Uuid::parse_str(key)?;
-            Ok((id, codec.decode(raw)?))
-        }
-    };
-    let ser = |codec: std::sync::Arc<C>| {
-        move |record: &Record<Uuid, SagaEvent>| -> Result<Serialized, BoxError> {
-            Ok((Some(record.key.to_string().into_bytes()), Some(codec.encode(&record.value)?)))
-        }
-    };
     let mut builder = Topology::builder();
     builder
-        .add_source("initiated", &[topics::PAYMENTS_INITIATED], de(codec.clone()))
-        .add_source("callbacks", &[topics::PAYMENTS_CALLBACKS], de(codec.clone()))
-        .add_source("outcomes", &[topics::PAYMENTS_DISPATCH_OUTCOMES], de(codec.clone()))
-        .add_source("timer-events", &[topics::PAYMENTS_TIMERS], de(codec.clone()))
+        .add_source("initiated", &[&topics.initiated], deserializer(codec.clone(), Input::Initiated))
+        .add_source("callbacks", &[&topics.callbacks], deserializer(codec.clone(), Input::Callback))
+        .add_source("outcomes", &[&topics.outcomes], deserializer(codec.clone(), Input::Outcome))
+        .add_source("timer-events", &[&topics.timers], deserializer(codec.clone(), Input::Timer))
         .add_processor(
             "saga",
             move || Saga { settings: settings.clone(), metrics: metrics.clone() },
             &["initiated", "callbacks", "outcomes", "timer-events"],
         )
         .add_state_store(StoreSpec::persistent(STORE), &["saga"])
-        .add_sink("commands", topics::PAYMENTS_PROVIDER_COMMANDS, ser(codec.clone()), &["saga"])
-        .add_sink("timers", topics::PAYMENTS_TIMERS, ser(codec.clone()), &["saga"])
-        .add_sink("results", topics::PAYMENTS_RESULTS, ser(codec), &["saga"]);
+        .add_sink("commands", &topics.commands, serializer(codec.clone()), &["saga"])
+        .add_sink("timers", &topics.timers, serializer(codec.clone()), &["saga"])
+        .add_sink("results", &topics.results, serializer(codec), &["saga"]);
     builder.build()
+}
+
+/// Reads the paymentId key (UTF-8 UUID, as Debezium's outbox router writes it) and the value.
+pub fn deserializer<C: SagaCodec + ?Sized>(
+    codec: std::sync::Arc<C>,
+    input: Input,
+) -> impl Fn(&RawRecord) -> Result<(Uuid, SagaEvent), BoxError> + Send + Sync + 'static {
+    move |raw: &RawRecord| {
+        let id = Uuid::parse_str(std::str::from_utf8(raw.key.as_deref().unwrap_or_default())?)?;
+        let bytes = raw.value.as_deref().ok_or("a tombstone on a saga input")?;
+        Ok((id, codec.decode(input, bytes)?))
+    }
+}
+
+/// Writes the paymentId key as UTF-8 and the event through the codec.
+pub fn serializer<C: SagaCodec + ?Sized>(
+    codec: std::sync::Arc<C>,
+) -> impl Fn(&Record<Uuid, SagaEvent>) -> Result<Serialized, BoxError> + Send + Sync + 'static {
+    move |record: &Record<Uuid, SagaEvent>| {
+        Ok((Some(record.key.to_string().into_bytes()), Some(codec.encode(&record.value)?)))
+    }
 }
 
 /// Plain Avro datums with the contract's schema, no registry: for the test driver and for tools.
@@ -393,14 +446,12 @@ impl AvroDatumCodec {
 }
 
 impl SagaCodec for AvroDatumCodec {
-    fn decode(&self, raw: &RawRecord) -> Result<SagaEvent, BoxError> {
-        let bytes = raw.value.as_deref().ok_or("a tombstone on a saga input")?;
-        Ok(match raw.topic.as_str() {
-            topics::PAYMENTS_INITIATED => SagaEvent::Initiated(Self::read(bytes)?),
-            topics::PAYMENTS_CALLBACKS => SagaEvent::Callback(Self::read(bytes)?),
-            topics::PAYMENTS_DISPATCH_OUTCOMES => SagaEvent::Outcome(Self::read(bytes)?),
-            topics::PAYMENTS_TIMERS => SagaEvent::Timer(Self::read(bytes)?),
-            other => return Err(format!("not a saga input topic: {other}").into()),
+    fn decode(&self, input: Input, bytes: &[u8]) -> Result<SagaEvent, BoxError> {
+        Ok(match input {
+            Input::Initiated => SagaEvent::Initiated(Self::read(bytes)?),
+            Input::Callback => SagaEvent::Callback(Self::read(bytes)?),
+            Input::Outcome => SagaEvent::Outcome(Self::read(bytes)?),
+            Input::Timer => SagaEvent::Timer(Self::read(bytes)?),
         })
     }
 

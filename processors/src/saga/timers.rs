@@ -10,15 +10,14 @@
 
 use std::time::Duration;
 
-use paystream_schemas::events::{topics, TimerChange, TimerKind};
-use paystream_topology::topology::Serialized;
+use paystream_schemas::events::{TimerChange, TimerKind};
 use paystream_topology::{
-    BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, RawRecord, Record,
-    StoreSpec, Topology, TopologyError,
+    ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, Record, StoreSpec, Topology,
+    TopologyError,
 };
 use uuid::Uuid;
 
-use super::processor::{SagaCodec, SagaEvent};
+use super::processor::{deserializer, serializer, Input, SagaCodec, SagaEvent};
 
 /// The due-index store.
 pub const STORE: &str = "due";
@@ -73,16 +72,9 @@ impl Processor<Uuid, SagaEvent> for Timers {
         let fired_at = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now);
         for (key, value) in due {
             ctx.store(STORE)?.delete(&key)?;
-            let raw = RawRecord {
-                topic: topics::PAYMENTS_TIMERS.to_string(),
-                partition: ctx.partition(),
-                offset: -1,
-                key: None,
-                value: Some(value),
-                timestamp_ms: now_ms,
-                headers: Vec::new(),
-            };
-            let SagaEvent::Timer(mut timer) = self.codec.decode(&raw).map_err(ProcessError::Fatal)? else {
+            let SagaEvent::Timer(mut timer) =
+                self.codec.decode(Input::Timer, &value).map_err(ProcessError::Fatal)?
+            else {
                 return Err(ProcessError::Fatal("the due index holds a non-timer".into()));
             };
             timer.change = TimerChange::Fired { fired_at };
@@ -92,29 +84,18 @@ impl Processor<Uuid, SagaEvent> for Timers {
     }
 }
 
-/// The timer processor's topology over `codec`.
-pub fn topology<C: SagaCodec>(codec: C) -> Result<Topology<Uuid, SagaEvent>, TopologyError> {
+/// The timer processor's topology over `codec`, on `timers_topic` (in and out).
+pub fn topology<C: SagaCodec>(
+    codec: C,
+    timers_topic: &str,
+) -> Result<Topology<Uuid, SagaEvent>, TopologyError> {
     let codec: std::sync::Arc<dyn SagaCodec> = std::sync::Arc::new(codec);
-    let (de_codec, ser_codec, proc_codec) = (codec.clone(), codec.clone(), codec);
+    let proc_codec = codec.clone();
     let mut builder = Topology::builder();
     builder
-        .add_source(
-            "timer-events",
-            &[topics::PAYMENTS_TIMERS],
-            move |raw: &RawRecord| -> Result<(Uuid, SagaEvent), BoxError> {
-                let id = Uuid::parse_str(std::str::from_utf8(raw.key.as_deref().unwrap_or_default())?)?;
-                Ok((id, de_codec.decode(raw)?))
-            },
-        )
+        .add_source("timer-events", &[timers_topic], deserializer(codec.clone(), Input::Timer))
         .add_processor("timers", move || Timers { codec: proc_codec.clone() }, &["timer-events"])
         .add_state_store(StoreSpec::persistent(STORE), &["timers"])
-        .add_sink(
-            "fired",
-            topics::PAYMENTS_TIMERS,
-            move |record: &Record<Uuid, SagaEvent>| -> Result<Serialized, BoxError> {
-                Ok((Some(record.key.to_string().into_bytes()), Some(ser_codec.encode(&record.value)?)))
-            },
-            &["timers"],
-        );
+        .add_sink("fired", timers_topic, serializer(codec), &["timers"]);
     builder.build()
 }

@@ -1,0 +1,326 @@
+//! The saga and the timer processor on the real stack: Kafka transactions, the Schema Registry's
+//! wire format, RocksDB stores with changelogs. Each test has topics of its own, so it sees
+//! nothing but its own payments. (The full flow with the API, Debezium, the dispatcher and the
+//! simulator runs under `dev/run`; see the README.)
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use paystream_processors::saga::codec::RegistryCodec;
+use paystream_processors::saga::processor::{self, SagaMetrics, SagaSettings, SagaTopics};
+use paystream_processors::saga::timers;
+use paystream_schemas::events::{
+    DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus,
+    ProviderCallbackReceived, ProviderStatus, TimerChange, TimerEvent,
+};
+use paystream_schemas::money::Amount;
+use paystream_schemas::{Event, EventCodec};
+use paystream_stack::kafka::{idempotent_producer, TopicSpec};
+use paystream_stack::settings::StackSettings;
+use paystream_stack::testkit::{self, consume_until, unique, Received};
+use paystream_stack::wait;
+use paystream_topology::runtime::StreamsState;
+use paystream_topology::{ErrorPolicy, Streams, StreamsConfig};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use uuid::Uuid;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+const SETTLE: Duration = Duration::from_secs(3);
+/// The payment timeout these tests run with, and the lateness a timer is allowed.
+const PAYMENT_TIMEOUT: Duration = Duration::from_secs(2);
+const TIMER_TOLERANCE_MS: i64 = 1_000;
+/// The payment timeout of the restart test.
+const SURVIVAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Stack {
+    settings: StackSettings,
+    codec: EventCodec,
+    topics: SagaTopics,
+    producer: BaseProducer,
+    state: tempfile::TempDir,
+    app: String,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let settings = testkit::kafka_stack().await;
+        let codec = EventCodec::new(&settings.schema_registry_url).expect("codec");
+        let registry =
+            paystream_schemas::registry::RegistryClient::new(&settings.schema_registry_url).unwrap();
+        let what = format!("Schema Registry at {}", settings.schema_registry_url);
+        if let Err(not_ready) =
+            wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
+        {
+            panic!("{not_ready}");
+        }
+        let base = unique("it.saga");
+        let name = |t: &str| format!("{base}.{t}");
+        let topics = SagaTopics {
+            initiated: name("initiated"),
+            callbacks: name("callbacks"),
+            outcomes: name("outcomes"),
+            timers: name("timers"),
+            commands: name("commands"),
+            results: name("results"),
+        };
+        let specs: Vec<TopicSpec> = [
+            &topics.initiated,
+            &topics.callbacks,
+            &topics.outcomes,
+            &topics.timers,
+            &topics.commands,
+            &topics.results,
+        ]
+        .into_iter()
+        .map(|t| TopicSpec::new(t.clone(), 3))
+        .chain([TopicSpec::new(name("dlq"), 1)])
+        .collect();
+        paystream_stack::kafka::ensure_topics(&settings.kafka_bootstrap, &specs).await.expect("topics");
+        let producer = idempotent_producer(&settings.kafka_bootstrap).create().expect("producer");
+        Self {
+            codec,
+            topics,
+            producer,
+            state: tempfile::tempdir().unwrap(),
+            app: base.replace('.', "-"),
+            settings,
+        }
+    }
+
+    fn config(&self, role: &str, state: &std::path::Path) -> StreamsConfig {
+        let mut config =
+            StreamsConfig::new(&format!("{}-{role}", self.app), &self.settings.kafka_bootstrap, state);
+        config.error_policy = ErrorPolicy::DeadLetter {
+            topic: format!("{}.dlq", self.topics.initiated.trim_end_matches(".initiated")),
+        };
+        config
+    }
+
+    async fn start_saga(&self) -> Streams {
+        self.start_saga_with(PAYMENT_TIMEOUT).await
+    }
+
+    async fn start_saga_with(&self, payment_timeout: Duration) -> Streams {
+        let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
+        let codec = RegistryCodec::new(
+            EventCodec::new(&self.settings.schema_registry_url).unwrap(),
+            tokio::runtime::Handle::current(),
+        );
+        let settings = SagaSettings { payment_timeout, callback_retention: Duration::from_secs(60) };
+        let topology = processor::topology(codec, settings, metrics, &self.topics).unwrap();
+        let config = self.config("saga", self.state.path());
+        running(tokio::task::spawn_blocking(move || Streams::start(topology, config)).await.unwrap().unwrap())
+            .await
+    }
+
+    async fn start_timers(&self, state: &std::path::Path) -> Streams {
+        let codec = RegistryCodec::new(
+            EventCodec::new(&self.settings.schema_registry_url).unwrap(),
+            tokio::runtime::Handle::current(),
+        );
+        let topology = timers::topology(codec, &self.topics.timers).unwrap();
+        let config = self.config("timers", state);
+        running(tokio::task::spawn_blocking(move || Streams::start(topology, config)).await.unwrap().unwrap())
+            .await
+    }
+
+    async fn send<E: Event>(&self, topic: &str, id: Uuid, event: &E) {
+        let bytes = self.codec.encode(event).await.expect("encode");
+        let key = id.to_string();
+        self.producer
+            .send(BaseRecord::to(topic).key(&key).payload(&bytes))
+            .map_err(|(e, _)| e)
+            .expect("send");
+        self.producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+
+    /// Records of `topic` keyed by `id`, once `n` of them arrived (plus a settle time for duplicates).
+    fn records_for(&self, topic: &str, id: Uuid, n: usize) -> Vec<Received> {
+        let key = id.to_string().into_bytes();
+        let reader = testkit::consumer(&self.settings, topic, "read_committed");
+        let mine = move |r: &[Received]| r.iter().filter(|r| r.key.as_deref() == Some(&key[..])).count() >= n;
+        let key = id.to_string().into_bytes();
+        consume_until(&reader, TIMEOUT, SETTLE, mine)
+            .into_iter()
+            .filter(|r| r.key.as_deref() == Some(&key[..]))
+            .collect()
+    }
+
+    async fn results_for(&self, id: Uuid, n: usize) -> Vec<PaymentResult> {
+        let mut results = Vec::new();
+        for r in self.records_for(&self.topics.results, id, n) {
+            results.push(self.codec.decode::<PaymentResult>(r.value.as_deref().unwrap()).await.unwrap());
+        }
+        results
+    }
+
+    async fn cleanup(&self) {
+        let t = &self.topics;
+        let dlq = format!("{}.dlq", t.initiated.trim_end_matches(".initiated"));
+        let saga_changelog = format!("{}-saga-payments-changelog", self.app);
+        let timers_changelog = format!("{}-timers-due-changelog", self.app);
+        let names = [
+            &t.initiated,
+            &t.callbacks,
+            &t.outcomes,
+            &t.timers,
+            &t.commands,
+            &t.results,
+            &dlq,
+            &saga_changelog,
+            &timers_changelog,
+        ];
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let _ = paystream_stack::kafka::delete_topics(&self.settings.kafka_bootstrap, &names).await;
+    }
+}
+
+async fn running(streams: Streams) -> Streams {
+    let started = Instant::now();
+    while streams.state() != StreamsState::Running {
+        assert!(!streams.is_finished(), "the runtime stopped before running");
+        assert!(started.elapsed() < TIMEOUT, "not running after {TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    streams
+}
+
+fn initiated(id: Uuid) -> PaymentInitiated {
+    PaymentInitiated {
+        event_id: Uuid::new_v4(),
+        payment_id: id,
+        wallet_id: Uuid::new_v4(),
+        amount: Amount::from_minor(4_200).unwrap(),
+        currency: "RUB".into(),
+        kind: "purchase".into(),
+        description: "it".into(),
+        requested_at: Utc::now(),
+        initiated_at: Utc::now(),
+    }
+}
+
+fn callback(id: Uuid, status: ProviderStatus) -> ProviderCallbackReceived {
+    ProviderCallbackReceived {
+        event_id: Uuid::new_v4(),
+        payment_id: id,
+        provider_event_id: Uuid::new_v4().to_string(),
+        status,
+        description: "provider".into(),
+        provider_timestamp: Utc::now(),
+        received_at: Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_is_charged_accepted_called_back_and_completed_exactly_once() {
+    let stack = Stack::new().await;
+    let saga = stack.start_saga().await;
+    let id = Uuid::new_v4();
+    stack.send(&stack.topics.initiated, id, &initiated(id)).await;
+    let commands = stack.records_for(&stack.topics.commands, id, 1);
+    assert_eq!(commands.len(), 1, "one charge command");
+    let command = stack
+        .codec
+        .decode::<paystream_schemas::events::ChargeCommand>(commands[0].value.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((command.payment_id, command.amount.minor()), (id, 4_200));
+    let outcome = DispatchOutcome {
+        command_id: command.command_id,
+        payment_id: id,
+        outcome: DispatchResult::Accepted,
+        attempts: 1,
+        detail: "202".into(),
+        decided_at: Utc::now(),
+    };
+    stack.send(&stack.topics.outcomes, id, &outcome).await;
+    stack.send(&stack.topics.callbacks, id, &callback(id, ProviderStatus::Succeeded)).await;
+    // A duplicate callback on the way changes nothing.
+    stack.send(&stack.topics.callbacks, id, &callback(id, ProviderStatus::Succeeded)).await;
+    let results = stack.results_for(id, 1).await;
+    assert_eq!(results.len(), 1, "exactly one result: {results:?}");
+    assert_eq!(results[0].status, PaymentResultStatus::Completed);
+    assert_eq!(results[0].payment_result_id, PaymentResult::id_for(id, PaymentResultStatus::Completed));
+    saga.close().unwrap();
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timer_fires_within_tolerance_and_a_late_callback_changes_nothing() {
+    let stack = Stack::new().await;
+    let timer_state = tempfile::tempdir().unwrap();
+    let (saga, timers) = (stack.start_saga().await, stack.start_timers(timer_state.path()).await);
+    let id = Uuid::new_v4();
+    stack.send(&stack.topics.initiated, id, &initiated(id)).await;
+    let results = stack.results_for(id, 1).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].status, PaymentResultStatus::FailedTimeout);
+
+    let mut fired = Vec::new();
+    for r in stack.records_for(&stack.topics.timers, id, 2) {
+        let timer = stack.codec.decode::<TimerEvent>(r.value.as_deref().unwrap()).await.unwrap();
+        if let TimerChange::Fired { fired_at } = timer.change {
+            fired.push((fired_at - timer.due_at).num_milliseconds());
+        }
+    }
+    assert_eq!(fired.len(), 1, "fired once");
+    assert!(
+        (0..=TIMER_TOLERANCE_MS).contains(&fired[0]),
+        "fired {} ms after due (tolerance {TIMER_TOLERANCE_MS} ms)",
+        fired[0]
+    );
+
+    stack.send(&stack.topics.callbacks, id, &callback(id, ProviderStatus::Succeeded)).await;
+    tokio::time::sleep(SETTLE).await;
+    let results = stack.results_for(id, 1).await;
+    assert_eq!(results.len(), 1, "the late callback made no second result: {results:?}");
+    saga.close().unwrap();
+    timers.close().unwrap();
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_survives_the_loss_of_its_processor() {
+    let stack = Stack::new().await;
+    // Long enough to take the timer processor down before the timer is due.
+    let saga = stack.start_saga_with(SURVIVAL_TIMEOUT).await;
+    let first = tempfile::tempdir().unwrap();
+    let timers = stack.start_timers(first.path()).await;
+    let id = Uuid::new_v4();
+    stack.send(&stack.topics.initiated, id, &initiated(id)).await;
+    // The timer is scheduled and stored; the timer processor goes away with its disk before it is due.
+    stack.records_for(&stack.topics.timers, id, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    timers.close().unwrap();
+    drop(first);
+    assert!(stack.results_for_nothing_yet(id).await, "no result while no timer processor runs");
+    let second = tempfile::tempdir().unwrap();
+    let timers = stack.start_timers(second.path()).await;
+    let results = stack.results_for(id, 1).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].status, PaymentResultStatus::FailedTimeout);
+    assert!(
+        timers.metrics().restore_records.with_label_values(&["due"]).get() >= 1,
+        "the due index came back from its changelog"
+    );
+    saga.close().unwrap();
+    timers.close().unwrap();
+    stack.cleanup().await;
+}
+
+impl Stack {
+    /// True if no result for `id` has arrived by the time its timer is due.
+    async fn results_for_nothing_yet(&self, id: Uuid) -> bool {
+        tokio::time::sleep(SURVIVAL_TIMEOUT).await;
+        let key = id.to_string().into_bytes();
+        let reader = testkit::consumer(&self.settings, &self.topics.results, "read_committed");
+        let all = consume_until(&reader, Duration::from_secs(5), Duration::ZERO, |_| true);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut seen = all.iter().any(|r| r.key.as_deref() == Some(&key[..]));
+        while !seen && Instant::now() < deadline {
+            let more = consume_until(&reader, Duration::from_secs(5), Duration::ZERO, |_| true);
+            seen = more.iter().any(|r| r.key.as_deref() == Some(&key[..]));
+        }
+        !seen
+    }
+}
