@@ -324,3 +324,127 @@ impl Stack {
         !seen
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 of the saga process mid-stream.
+
+const CHILD_TOPICS: &str = "SAGA_CHILD_TOPIC_BASE";
+const CHILD_STATE: &str = "SAGA_CHILD_STATE";
+const CHILD_APP: &str = "SAGA_CHILD_APP";
+
+/// Not a test of its own: the saga process the kill test starts and kills (`--ignored --exact`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run by the_saga_killed_mid_stream_still_gives_every_payment_exactly_one_result"]
+async fn child_saga_process() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by the parent test"));
+    let base = env(CHILD_TOPICS);
+    let name = |t: &str| format!("{base}.{t}");
+    let topics = SagaTopics {
+        initiated: name("initiated"),
+        callbacks: name("callbacks"),
+        outcomes: name("outcomes"),
+        timers: name("timers"),
+        commands: name("commands"),
+        results: name("results"),
+    };
+    let settings = StackSettings::from_env();
+    let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
+    let codec = RegistryCodec::new(
+        EventCodec::new(&settings.schema_registry_url).unwrap(),
+        tokio::runtime::Handle::current(),
+    );
+    let saga_settings = SagaSettings {
+        payment_timeout: Duration::from_secs(3600),
+        callback_retention: Duration::from_secs(60),
+    };
+    let topology = processor::topology(codec, saga_settings, metrics, &topics).unwrap();
+    let mut config = StreamsConfig::new(
+        &env(CHILD_APP),
+        &settings.kafka_bootstrap,
+        std::path::Path::new(&env(CHILD_STATE)),
+    );
+    config.instance_id = Some("child".into());
+    // Long transactions: a kill almost surely lands between produce and commit.
+    config.commit_interval = Duration::from_millis(1_000);
+    let streams =
+        tokio::task::spawn_blocking(move || Streams::start(topology, config)).await.unwrap().unwrap();
+    streams.run_until(std::future::pending()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_saga_killed_mid_stream_still_gives_every_payment_exactly_one_result() {
+    let stack = Stack::new().await;
+    let base = stack.topics.initiated.trim_end_matches(".initiated").to_string();
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "child_saga_process", "--test-threads=1"])
+            .env(CHILD_TOPICS, &base)
+            .env(CHILD_STATE, stack.state.path())
+            .env(CHILD_APP, format!("{}-saga", stack.app))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the saga process")
+    };
+    let mut child = spawn();
+    let payments: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let uncommitted = testkit::consumer(&stack.settings, &stack.topics.results, "read_uncommitted");
+    let committed = testkit::consumer(&stack.settings, &stack.topics.results, "read_committed");
+    let (mut seen_uncommitted, mut seen_committed) = (0usize, 0usize);
+    let mut killed = false;
+    for (i, id) in payments.iter().enumerate() {
+        stack.send(&stack.topics.initiated, *id, &initiated(*id)).await;
+        stack.send(&stack.topics.callbacks, *id, &callback(*id, ProviderStatus::Succeeded)).await;
+        seen_uncommitted += drain(&uncommitted);
+        seen_committed += drain(&committed);
+        // Kill once some results are committed and more are written but not yet committed.
+        if !killed && seen_committed > 0 && seen_uncommitted > seen_committed {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed = true;
+            child = spawn();
+        }
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    for _ in 0..50 {
+        if killed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen_uncommitted += drain(&uncommitted);
+        seen_committed += drain(&committed);
+        if seen_committed > 0 && seen_uncommitted > seen_committed {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed = true;
+            child = spawn();
+        }
+    }
+    assert!(killed, "never caught the saga between produce and commit");
+
+    let reader = testkit::consumer(&stack.settings, &stack.topics.results, "read_committed");
+    let results = consume_until(&reader, TIMEOUT, SETTLE, |r| r.len() >= payments.len());
+    let mut per_payment = std::collections::BTreeMap::new();
+    for r in &results {
+        let result = stack.codec.decode::<PaymentResult>(r.value.as_deref().unwrap()).await.unwrap();
+        assert_eq!(result.status, PaymentResultStatus::Completed);
+        *per_payment.entry(result.payment_id).or_insert(0) += 1;
+    }
+    for id in &payments {
+        assert_eq!(per_payment.get(id), Some(&1), "payment {id}: exactly one result");
+    }
+    assert_eq!(per_payment.len(), payments.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    stack.cleanup().await;
+}
+
+/// Records available now.
+fn drain(consumer: &rdkafka::consumer::BaseConsumer) -> usize {
+    let mut n = 0;
+    while let Some(Ok(_)) = consumer.poll(Duration::from_millis(20)) {
+        n += 1;
+    }
+    n
+}
