@@ -245,8 +245,12 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
         let record = Record { key, value, timestamp_ms: raw.timestamp_ms, headers: raw.headers.clone() };
         let metadata = raw.metadata();
         self.node_in[source].inc();
-        for &child in &self.topology.nodes.get(source).children {
-            self.queue.push_back((child, record.clone()));
+        // Clone for all children but the last, which takes the record itself.
+        if let Some((&last, rest)) = self.topology.nodes.get(source).children.split_last() {
+            for &child in rest {
+                self.queue.push_back((child, record.clone()));
+            }
+            self.queue.push_back((last, record));
         }
         let outcome = match self.drain(Some(&metadata), wall_clock_ms) {
             Ok(()) => {

@@ -49,6 +49,8 @@ use crate::topology::{StoreKind, Topology};
 const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(30);
 /// Timeout of committed-offset lookups and seeks when rewinding.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records sent between two polls of the producer's delivery reports.
+const SENDS_PER_POLL: usize = 256;
 /// How often store sizes are sampled for the gauge.
 const STORE_SIZE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -144,6 +146,7 @@ where
         last_store_sizes: Instant::now(),
         fatal: None,
         rejoin: None,
+        sends_since_poll: 0,
     }));
     let context = StreamContext { shared: shared.clone(), metrics: env.metrics.clone() };
     let consumer =
@@ -293,12 +296,16 @@ impl Producer_ {
 
     /// Sends one record, waiting while librdkafka's queue is full.
     fn send(&self, record: &OutputRecord) -> Result<(), KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header { key, value: Some(value) });
-        }
         let mut base: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(&record.topic).timestamp(record.timestamp_ms).headers(headers);
+            BaseRecord::to(&record.topic).timestamp(record.timestamp_ms);
+        // Native headers cost an allocation in librdkafka even when empty: only when there are some.
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header { key, value: Some(value) });
+            }
+            base = base.headers(headers);
+        }
         if let Some(key) = &record.key {
             base = base.key(key.as_slice());
         }
@@ -380,6 +387,8 @@ struct Shared<K, V> {
     fatal: Option<StreamsError>,
     /// A reason raised inside a callback to leave and rejoin the group.
     rejoin: Option<String>,
+    /// Records sent since the producer was last polled.
+    sends_since_poll: usize,
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
@@ -418,7 +427,13 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
                 return Ok(());
             }
         }
-        self.producer.producer.poll(Duration::ZERO);
+        // Delivery reports are served by commit (flush) anyway; polling now and then keeps
+        // librdkafka's queue of them short without a call per record.
+        self.sends_since_poll += outputs.len();
+        if self.sends_since_poll >= SENDS_PER_POLL {
+            self.producer.producer.poll(Duration::ZERO);
+            self.sends_since_poll = 0;
+        }
         Ok(())
     }
 
