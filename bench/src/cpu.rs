@@ -129,6 +129,11 @@ pub fn threads_ticks(name: &str) -> u64 {
         .sum()
 }
 
+/// CPU seconds (user + system) a live process has used so far, e.g. a benchmark peer child.
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    read_process(pid).map(|process| process.ticks as f64 / CLOCK_TICKS_PER_S)
+}
+
 /// How long waiting for a quiet machine took.
 #[derive(Clone, Copy, Debug)]
 pub struct Settled {

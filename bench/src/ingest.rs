@@ -304,7 +304,7 @@ async fn remove_seed(db: &PgPool, wallets: &BenchWallets) {
 }
 
 /// Completes on SIGINT or SIGTERM, naming it.
-async fn interrupted() -> &'static str {
+pub(crate) async fn interrupted() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut terminate) => tokio::select! {

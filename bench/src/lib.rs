@@ -15,15 +15,21 @@
 //! - [`latency`]: the measurement window and the latency tally both sides fill.
 //! - [`cpu`]: where the CPU went while a side ran, and whether a build shared it.
 //! - [`machine`]: the machine, database, connectors and commit a result was measured on.
-//! - [`report`]: the markdown table and its JSON twin.
+//! - [`report`]: the markdown table and its JSON twin; every benchmark's result files.
+//! - [`join`]: the `join` benchmark (issue 4): one stateful keyed join as raw rdkafka, the
+//!   topology runtime, Kafka Streams and Quix Streams, each a child process; its Rust peers.
+//! - [`restore`]: the `restore` benchmark: a store restored from its changelog, and a restart
+//!   from a checkpoint.
 
 pub mod cpu;
 pub mod ingest;
+pub mod join;
 pub mod latency;
 pub mod load;
 pub mod machine;
 pub mod payment;
 pub mod pgbench;
 pub mod report;
+pub mod restore;
 pub mod seed;
 pub mod server;

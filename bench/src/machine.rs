@@ -36,6 +36,43 @@ pub struct Machine {
 const POSTGRES_SETTINGS: &[&str] =
     &["synchronous_commit", "fsync", "wal_level", "shared_buffers", "max_connections", "max_wal_size"];
 
+/// The machine and the code, without the database: what the Kafka benchmarks (`join`,
+/// `restore`) report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Host {
+    /// Logical CPUs (nproc).
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub cpu_model: String,
+    /// `git rev-parse --short HEAD`, with `-dirty` when the work tree has changes.
+    pub commit: String,
+}
+
+/// Reads the host; a fact that cannot be read is `unknown` rather than an error.
+pub async fn host(repo: &Path) -> Host {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    Host {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_gib: mem_total_kib(&meminfo).map_or(f64::NAN, |kib| kib as f64 / (1024.0 * 1024.0)),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| UNKNOWN.to_owned(), |s| s.trim().to_owned()),
+        cpu_model: cpu_model(&cpuinfo).unwrap_or(UNKNOWN).to_owned(),
+        commit: commit(repo).await,
+    }
+}
+
+impl Host {
+    /// One markdown line: CPUs, memory, kernel.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} CPUs ({}), {:.1} GiB memory, kernel {}",
+            self.cpus, self.cpu_model, self.memory_gib, self.kernel
+        )
+    }
+}
+
 /// Reads everything; a fact that cannot be read is `unknown` rather than an error.
 pub async fn describe(db: &PgPool, connect_url: &str, repo: &Path) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

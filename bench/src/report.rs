@@ -116,7 +116,7 @@ pub fn verdict(ratio: f64, paystream_errors: u64, pgbench_errors: u64) -> (bool,
 }
 
 /// `value` rounded toward negative infinity to `decimals` places (NaN stays NaN).
-fn round_down(value: f64, decimals: i32) -> f64 {
+pub fn round_down(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).floor() / scale
 }
@@ -259,14 +259,33 @@ pub fn markdown(report: &IngestReport) -> String {
 
 /// Writes `ingest-<UTC timestamp>.md` and `.json` into `dir`; returns both paths.
 pub fn write(dir: &Path, stamp: &str, report: &IngestReport) -> anyhow::Result<(PathBuf, PathBuf)> {
+    write_files(dir, "ingest", stamp, &markdown(report), report)
+}
+
+/// Writes `<bench>-<UTC timestamp>.md` and its JSON twin into `dir`; returns both paths. Every
+/// benchmark's results are named this way.
+pub fn write_files(
+    dir: &Path,
+    bench: &str,
+    stamp: &str,
+    markdown: &str,
+    report: &impl Serialize,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let md_path = dir.join(format!("ingest-{stamp}.md"));
-    let json_path = dir.join(format!("ingest-{stamp}.json"));
-    std::fs::write(&md_path, markdown(report)).with_context(|| format!("writing {}", md_path.display()))?;
+    let md_path = dir.join(format!("{bench}-{stamp}.md"));
+    let json_path = dir.join(format!("{bench}-{stamp}.json"));
+    std::fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     let mut json = serde_json::to_string_pretty(report)?;
     json.push('\n');
     std::fs::write(&json_path, json).with_context(|| format!("writing {}", json_path.display()))?;
     Ok((md_path, json_path))
+}
+
+/// `value` rounded toward positive infinity to `decimals` places (NaN stays NaN): the
+/// unflattering direction for an "at most" target.
+pub fn round_up(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).ceil() / scale
 }
 
 #[cfg(test)]

@@ -116,13 +116,15 @@ pub fn restore<C: rdkafka::consumer::ConsumerContext>(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
-    let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(RESTORE_BATCH_RECORDS);
+    // The batch holds librdkafka's messages themselves (no copy of keys and values): RocksDB's
+    // write batch copies them once, straight from the fetch buffers.
+    let mut batch: Vec<rdkafka::message::BorrowedMessage<'_>> = Vec::with_capacity(RESTORE_BATCH_RECORDS);
     let mut records = 0u64;
     let mut next_offset = from;
     let mut last_progress = Instant::now();
     let mut last_log = Instant::now();
-    let flush = |batch: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>| -> Result<(), RestoreError> {
-        backend.write_batch(&mut batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())))?;
+    let flush = |batch: &mut Vec<rdkafka::message::BorrowedMessage<'_>>| -> Result<(), RestoreError> {
+        backend.restore_batch(&mut batch.iter().filter_map(|m| m.key().map(|k| (k, m.payload()))))?;
         batch.clear();
         Ok(())
     };
@@ -130,8 +132,8 @@ pub fn restore<C: rdkafka::consumer::ConsumerContext>(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 next_offset = message.offset() + 1;
-                if let Some(key) = message.key() {
-                    batch.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+                if message.key().is_some() {
+                    batch.push(message);
                     records += 1;
                 }
                 if batch.len() >= RESTORE_BATCH_RECORDS {
@@ -157,6 +159,7 @@ pub fn restore<C: rdkafka::consumer::ConsumerContext>(
         }
     }
     flush(&mut batch)?;
+    backend.finish_restore()?;
     // Under read_committed the end may sit past the last record (transaction markers): the
     // consumer's position is the truth.
     if let Ok(position) = consumer.position() {

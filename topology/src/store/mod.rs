@@ -95,6 +95,18 @@ pub trait StoreBackend: ReadOnlyKeyValueStore {
     fn write_batch(&self, batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError>;
     /// Makes everything written so far durable on disk (before a checkpoint names it).
     fn sync(&self) -> Result<(), StoreError>;
+    /// Applies a batch read from the changelog. A backend may skip its own write-ahead log
+    /// here: the changelog is the log, and [`StoreBackend::finish_restore`] makes it durable.
+    fn restore_batch(
+        &self,
+        batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        self.write_batch(batch)
+    }
+    /// Restoration is over: make what `restore_batch` wrote durable.
+    fn finish_restore(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
 }
 
 /// A backend shared between its task and interactive queries.

@@ -63,6 +63,8 @@ fn options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Kafka Streams' memtables: 16 MiB, up to three, so a bulk restore flushes without stalling
+    // writes (two 8 MiB memtables halved restore speed here).
     options.set_write_buffer_size(16 * 1024 * 1024);
     options.set_max_write_buffer_number(3);
     options.set_keep_log_file_num(2);
@@ -126,6 +128,29 @@ impl StoreBackend for RocksBackend {
 
     fn sync(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(|source| rocks(&self.name, source))
+    }
+
+    fn restore_batch(
+        &self,
+        batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        let mut writes = WriteBatch::default();
+        for (key, value) in batch {
+            match value {
+                Some(value) => writes.put(key, value),
+                None => writes.delete(key),
+            }
+        }
+        // No WAL while restoring (Kafka Streams does the same): a crash mid-restore leaves no
+        // checkpoint naming this data, so the next start restores again.
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(writes, &options).map_err(|source| rocks(&self.name, source))
+    }
+
+    fn finish_restore(&self) -> Result<(), StoreError> {
+        // Unlogged writes are only in memtables: flush them to table files before a checkpoint.
+        self.db.flush().map_err(|source| rocks(&self.name, source))
     }
 }
 
