@@ -448,3 +448,32 @@ fn drain(consumer: &rdkafka::consumer::BaseConsumer) -> usize {
     }
     n
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_failure_fails_and_a_callback_before_its_payment_is_applied_when_it_appears() {
+    let stack = Stack::new().await;
+    let saga = stack.start_saga_with(SURVIVAL_TIMEOUT).await;
+    let (failed, early) = (Uuid::new_v4(), Uuid::new_v4());
+    stack.send(&stack.topics.initiated, failed, &initiated(failed)).await;
+    stack.send(&stack.topics.callbacks, failed, &callback(failed, ProviderStatus::Failed)).await;
+    // The callback overtakes its payment (two Debezium connectors, two databases: it happens).
+    stack.send(&stack.topics.callbacks, early, &callback(early, ProviderStatus::Succeeded)).await;
+    stack.send(&stack.topics.initiated, early, &initiated(early)).await;
+    let failed_results = stack.results_for(failed, 1).await;
+    assert_eq!(
+        failed_results.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PaymentResultStatus::Failed]
+    );
+    let early_results = stack.results_for(early, 1).await;
+    assert_eq!(
+        early_results.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PaymentResultStatus::Completed]
+    );
+    assert_eq!(
+        stack.records_for(&stack.topics.commands, early, 1).len(),
+        1,
+        "the early payment is still charged once"
+    );
+    saga.close().unwrap();
+    stack.cleanup().await;
+}
