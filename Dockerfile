@@ -8,9 +8,10 @@ FROM rust:1-bookworm AS builder
 
 # rdkafka-sys (default features) builds its bundled librdkafka with librdkafka's own
 # configure + make; libz-sys links the system zlib through pkg-config; openssl-sys (reqwest's
-# native-tls) links the system OpenSSL.
+# native-tls) links the system OpenSSL; librocksdb-sys compiles RocksDB's C++ (g++) and generates
+# its bindings with bindgen, which loads libclang.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make gcc g++ perl python3 zlib1g-dev libssl-dev pkg-config \
+ && apt-get install -y --no-install-recommends make gcc g++ perl python3 zlib1g-dev libssl-dev pkg-config libclang-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -46,6 +47,9 @@ COPY --from=builder /usr/local/bin/paystream /usr/local/bin/paystream
 # Connector definitions for `paystream connect apply` (its default --dir is ./connect).
 # They hold no secrets: passwords are ${env:...} references resolved by Kafka Connect.
 COPY connect/ /app/connect/
+# Local state of the topology processes (saga, timers): RocksDB stores and checkpoints, on a
+# volume owned by the service user.
+RUN mkdir -p /var/lib/paystream/state && chown -R paystream:paystream /var/lib/paystream
 
 WORKDIR /app
 USER paystream
