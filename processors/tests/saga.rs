@@ -477,3 +477,30 @@ async fn a_provider_failure_fails_and_a_callback_before_its_payment_is_applied_w
     saga.close().unwrap();
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatch_that_exhausts_its_retries_fails_the_payment_once() {
+    let stack = Stack::new().await;
+    let saga = stack.start_saga_with(SURVIVAL_TIMEOUT).await;
+    let id = Uuid::new_v4();
+    stack.send(&stack.topics.initiated, id, &initiated(id)).await;
+    // An outcome answers the charge command, so it can only follow it (the inputs are separate
+    // topics: without waiting, the outcome could be read first and would be illegal).
+    stack.records_for(&stack.topics.commands, id, 1);
+    let exhausted = DispatchOutcome {
+        command_id: Uuid::new_v4(),
+        payment_id: id,
+        outcome: DispatchResult::RetriesExhausted,
+        attempts: 6,
+        detail: "503 Service Unavailable".into(),
+        decided_at: Utc::now(),
+    };
+    stack.send(&stack.topics.outcomes, id, &exhausted).await;
+    // A redelivered outcome (the dispatcher is at-least-once) changes nothing.
+    stack.send(&stack.topics.outcomes, id, &exhausted).await;
+    let results = stack.results_for(id, 1).await;
+    assert_eq!(results.iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Failed]);
+    assert_eq!(results[0].reason, "503 Service Unavailable");
+    saga.close().unwrap();
+    stack.cleanup().await;
+}
