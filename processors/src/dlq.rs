@@ -21,27 +21,18 @@ use rdkafka::util::Timeout;
 /// The DLQ topic of the payment flow (created by `paystream topics create`).
 pub const DEFAULT_TOPIC: &str = "payments.dlq";
 
-/// Header: the reason, a short stable kind (`unknown-payment`, `wrong-magic-byte`, …)
-/// for alerts and dashboards.
-pub const HEADER_REASON: &str = "dlq.reason";
-/// Header: the reason in words, for the person who repairs the record.
-pub const HEADER_DETAIL: &str = "dlq.detail";
-/// Header: the topic the record was read from.
-pub const HEADER_SOURCE_TOPIC: &str = "dlq.source.topic";
-/// Header: its partition, in decimal.
-pub const HEADER_SOURCE_PARTITION: &str = "dlq.source.partition";
-/// Header: its offset, in decimal.
-pub const HEADER_SOURCE_OFFSET: &str = "dlq.source.offset";
-/// Header: the processor that gave up on it (`settlement`, …).
-pub const HEADER_PROCESSOR: &str = "dlq.processor";
+/// The `dlq.*` headers: one vocabulary for every dead letter of paystream, whether a plain
+/// consumer (settlement, dispatcher) or the topology runtime (saga, timers) wrote it.
+pub use paystream_topology::dlq::{
+    DETAIL_MAX_BYTES, HEADER_DETAIL, HEADER_PROCESSOR, HEADER_REASON, HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
 
 /// How long one dead letter may wait for the broker's acknowledgement
 /// (`message.timeout.ms`) before the send fails and the caller retries it.
 pub const DELIVERY_TIMEOUT_MS: u64 = 30_000;
 /// How long a send may wait for room in the producer's local queue.
 pub const ENQUEUE_TIMEOUT_MS: u64 = 5_000;
-/// Longest `dlq.detail` kept; longer texts are cut at a character boundary.
-pub const DETAIL_MAX_BYTES: usize = 1_024;
 
 /// Where a record came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -110,15 +110,21 @@ impl ReadOnlyKeyValueStore for RocksBackend {
     }
 }
 
+/// One RocksDB write batch of puts (`Some`) and deletes (`None`).
+fn to_write_batch(batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> WriteBatch {
+    let mut writes = WriteBatch::default();
+    for (key, value) in batch {
+        match value {
+            Some(value) => writes.put(key, value),
+            None => writes.delete(key),
+        }
+    }
+    writes
+}
+
 impl StoreBackend for RocksBackend {
     fn write_batch(&self, batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>) -> Result<(), StoreError> {
-        let mut writes = WriteBatch::default();
-        for (key, value) in batch {
-            match value {
-                Some(value) => writes.put(key, value),
-                None => writes.delete(key),
-            }
-        }
+        let writes = to_write_batch(batch);
         // The WAL stays on (a process crash keeps it in the page cache); `sync` below makes it
         // durable before a checkpoint claims the data is there.
         let mut options = WriteOptions::default();
@@ -134,13 +140,7 @@ impl StoreBackend for RocksBackend {
         &self,
         batch: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
     ) -> Result<(), StoreError> {
-        let mut writes = WriteBatch::default();
-        for (key, value) in batch {
-            match value {
-                Some(value) => writes.put(key, value),
-                None => writes.delete(key),
-            }
-        }
+        let writes = to_write_batch(batch);
         // No WAL while restoring (Kafka Streams does the same): a crash mid-restore leaves no
         // checkpoint naming this data, so the next start restores again.
         let mut options = WriteOptions::default();
