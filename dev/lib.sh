@@ -24,9 +24,15 @@ mkdir -p "$PAYSTREAM_CACHE" "$PAYSTREAM_STATE" "$LOG_DIR" "$RUN_DIR"
 # that archive through librocksdb-sys's ROCKSDB_LIB_DIR instead of compiling it.
 ROCKSDB_VERSION="$(sed -n '/^name = "librocksdb-sys"$/{n;s/^version = "[^+]*+\(.*\)"$/\1/p}' "$REPO_DIR/Cargo.lock" 2>/dev/null)"
 ROCKSDB_PREBUILT_DIR="$PAYSTREAM_CACHE/rocksdb/${ROCKSDB_VERSION:-unknown}/lib"
-if [ -f "$ROCKSDB_PREBUILT_DIR/librocksdb.a" ] && [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
-  export ROCKSDB_LIB_DIR="$ROCKSDB_PREBUILT_DIR" ROCKSDB_STATIC=1
-fi
+# use_prebuilt_rocksdb: links the cached archive from now on, if dev/install has built it. Called
+# here and again right before each cargo command of the scripts (dev/install may have built it
+# in between, on a cold machine).
+use_prebuilt_rocksdb() {
+  if [ -f "$ROCKSDB_PREBUILT_DIR/librocksdb.a" ] && [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
+    export ROCKSDB_LIB_DIR="$ROCKSDB_PREBUILT_DIR" ROCKSDB_STATIC=1
+  fi
+}
+use_prebuilt_rocksdb
 
 # Addresses of the local stack (the Rust side reads the same defaults in stack/src/settings.rs).
 KAFKA_BOOTSTRAP=127.0.0.1:9092
