@@ -10,6 +10,7 @@
 //! (`acks=all`, idempotent), so a processor that commits its source offset after it
 //! never loses a record between the two topics.
 
+use paystream_topology::dlq::truncate;
 use std::time::Duration;
 
 use paystream_stack::kafka;
@@ -120,15 +121,6 @@ pub fn headers(letter: &DeadLetter<'_>, processor: &str) -> Vec<(&'static str, S
         (HEADER_SOURCE_OFFSET, letter.source.offset.to_string()),
         (HEADER_PROCESSOR, processor.to_owned()),
     ]
-}
-
-/// `text` cut to at most `max_bytes`, at a character boundary.
-fn truncate(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let end = (0..=max_bytes).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    &text[..end]
 }
 
 #[cfg(test)]

@@ -55,14 +55,7 @@ impl Stack {
         }
         let base = unique("it.saga");
         let name = |t: &str| format!("{base}.{t}");
-        let topics = SagaTopics {
-            initiated: name("initiated"),
-            callbacks: name("callbacks"),
-            outcomes: name("outcomes"),
-            timers: name("timers"),
-            commands: name("commands"),
-            results: name("results"),
-        };
+        let topics = SagaTopics::prefixed(&base);
         let specs: Vec<TopicSpec> = [
             &topics.initiated,
             &topics.callbacks,
@@ -338,15 +331,7 @@ const CHILD_APP: &str = "SAGA_CHILD_APP";
 async fn child_saga_process() {
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by the parent test"));
     let base = env(CHILD_TOPICS);
-    let name = |t: &str| format!("{base}.{t}");
-    let topics = SagaTopics {
-        initiated: name("initiated"),
-        callbacks: name("callbacks"),
-        outcomes: name("outcomes"),
-        timers: name("timers"),
-        commands: name("commands"),
-        results: name("results"),
-    };
+    let topics = SagaTopics::prefixed(&base);
     let settings = StackSettings::from_env();
     let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
     let codec = RegistryCodec::new(

@@ -82,7 +82,9 @@ pub fn dead_letter(
     }
 }
 
-fn truncate(text: &str, max_bytes: usize) -> &str {
+/// `text` cut to at most `max_bytes`, at a character boundary: the one truncation every
+/// `dlq.detail` in paystream goes through.
+pub fn truncate(text: &str, max_bytes: usize) -> &str {
     if text.len() <= max_bytes {
         return text;
     }

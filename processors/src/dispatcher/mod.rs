@@ -50,6 +50,7 @@ pub mod dedup;
 pub mod metrics;
 pub mod provider;
 
+use paystream_topology::dlq::truncate;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -767,15 +768,6 @@ fn exhausted(
         attempts,
         last_error: last.to_string(),
     }
-}
-
-/// `text` cut to at most `max_bytes`, at a character boundary.
-fn truncate(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let end = (0..=max_bytes).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    &text[..end]
 }
 
 #[cfg(test)]

@@ -78,6 +78,22 @@ pub struct SagaTopics {
     pub results: String,
 }
 
+impl SagaTopics {
+    /// Topics named `<prefix>.initiated`, `<prefix>.callbacks`, …: a saga of its own on a shared
+    /// cluster (tests, a second tenant).
+    pub fn prefixed(prefix: &str) -> Self {
+        let name = |t: &str| format!("{prefix}.{t}");
+        Self {
+            initiated: name("initiated"),
+            callbacks: name("callbacks"),
+            outcomes: name("outcomes"),
+            timers: name("timers"),
+            commands: name("commands"),
+            results: name("results"),
+        }
+    }
+}
+
 impl Default for SagaTopics {
     fn default() -> Self {
         Self {
