@@ -4,6 +4,7 @@
 //! subcommand's work lives in its own module (and, for processes, in its own crate).
 
 mod api;
+mod audit;
 mod connect;
 mod dispatch;
 mod metrics_server;
@@ -45,6 +46,8 @@ enum Command {
     Dispatch(dispatch::Args),
     /// A simulated payment provider: idempotent charges, delayed signed callbacks, faults.
     ProviderSim(paystream_provider_sim::Args),
+    /// Check the invariants (money conserved, one result each, provider ⇔ wallet) at a quiet moment.
+    Audit(audit::Args),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
     /// Avro contracts in the Schema Registry.
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch(args) => dispatch::run(&settings, args).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Audit(args) => audit::run(&settings, args).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
     }

@@ -13,14 +13,20 @@
 //!   and idempotent topic creation.
 //! - [`connect`]: a client for the Kafka Connect REST API (apply connector configs,
 //!   read their status).
+//! - [`fault_proxy`]: a TCP proxy a test switches off and on, to make a dependency go
+//!   away for one process under test.
 //! - [`postgres`]: connection pools and the embedded migrations of the `wallet` and
 //!   `ledger` databases.
+//! - [`supervisor`]: paystream processes started, killed, paused and restarted the way
+//!   `dev/run` and the chaos run need them.
 //! - [`testkit`]: helpers for integration tests against the real stack.
 
 pub mod connect;
+pub mod fault_proxy;
 pub mod kafka;
 pub mod postgres;
 pub mod settings;
+pub mod supervisor;
 pub mod testkit;
 pub mod wait;
 
