@@ -1,8 +1,9 @@
 //! The dead-letter producer every processor shares.
 //!
 //! A record a processor cannot use (it does not decode, or it contradicts the database)
-//! is written to the DLQ topic exactly as it arrived, key and value byte for byte, with
-//! the reason in headers; the processor then commits past it and carries on. The DLQ
+//! is written to the DLQ topic exactly as it arrived, key, value and headers byte for
+//! byte, with the reason appended in `dlq.*` headers; the processor then commits past it
+//! and carries on. The DLQ
 //! has no contract of its own: whoever repairs a record reads the original bytes with
 //! the original contract.
 //!
@@ -52,6 +53,9 @@ pub struct DeadLetter<'a> {
     pub key: Option<&'a [u8]>,
     /// The original value, unchanged.
     pub value: Option<&'a [u8]>,
+    /// The original headers (`traceparent`, the event id, ...), written first and
+    /// unchanged, so the letter can be traced and replayed as the record it was.
+    pub headers: Option<&'a OwnedHeaders>,
     /// A short, stable reason (header `dlq.reason`).
     pub reason: &'a str,
     /// The reason in words (header `dlq.detail`).
@@ -94,9 +98,10 @@ impl DeadLetterQueue {
 
     /// Writes `letter` and waits for the broker's acknowledgement.
     pub async fn send(&self, letter: &DeadLetter<'_>) -> Result<Delivered, KafkaError> {
+        let original = letter.headers.cloned().unwrap_or_else(OwnedHeaders::new);
         let headers = headers(letter, self.processor)
             .iter()
-            .fold(OwnedHeaders::new(), |all, (key, value)| all.insert(Header { key, value: Some(value) }));
+            .fold(original, |all, (key, value)| all.insert(Header { key, value: Some(value) }));
         let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
         if let Some(key) = letter.key {
             record = record.key(key);
@@ -111,7 +116,8 @@ impl DeadLetterQueue {
     }
 }
 
-/// The headers of a dead letter, in the order they are written.
+/// The `dlq.*` headers of a dead letter, in the order they are written after the
+/// original's own.
 pub fn headers(letter: &DeadLetter<'_>, processor: &str) -> Vec<(&'static str, String)> {
     vec![
         (HEADER_REASON, letter.reason.to_owned()),
@@ -134,6 +140,7 @@ mod tests {
             source: &source,
             key: Some(b"k"),
             value: Some(b"v"),
+            headers: None,
             reason: "unknown-payment",
             detail: "no payment 42",
         };

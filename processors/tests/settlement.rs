@@ -23,6 +23,7 @@ use paystream_schemas::registry::RegistryClient;
 use paystream_schemas::{time, Amount, EventCodec};
 use paystream_stack::testkit::{self, Received};
 use paystream_stack::{kafka, wait, StackSettings};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rust_decimal::Decimal;
@@ -318,6 +319,29 @@ async fn produce_raw(
 async fn produce(stack: &Stack, topic: &str, partition: i32, result: &PaymentResult) -> Produced {
     let value = stack.codec.encode(result).await.expect("encode");
     produce_raw(stack, topic, partition, Some(result.payment_id.to_string().as_bytes()), Some(&value)).await
+}
+
+/// Produces `result` as [`produce`] does, with a `traceparent` header as the saga writes it.
+async fn produce_traced(
+    stack: &Stack,
+    topic: &str,
+    partition: i32,
+    result: &PaymentResult,
+    traceparent: &str,
+) -> Produced {
+    let value = stack.codec.encode(result).await.expect("encode");
+    let key = result.payment_id.to_string();
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .key(key.as_bytes())
+        .payload(&value)
+        .headers(OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(traceparent) }));
+    let delivery = stack
+        .producer
+        .send(record, Timeout::After(Duration::from_secs(10)))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    Produced { partition, offset: delivery.offset, key: Some(key.into_bytes()), value: Some(value) }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -701,6 +725,108 @@ async fn a_broken_invariant_stops_settlement_without_skipping_the_record() {
 
     repaired.stop().await.expect("a clean stop");
     let _ = broken.stop.send(());
+    topics.delete(&stack).await;
+}
+
+/// A result whose application the database refuses for a reason of that record's own data
+/// (issue 11, scenario 3) is set aside, not a reason to stop: here the wallet's `version`
+/// counter is at the bigint maximum, so bumping it overflows (SQLSTATE 22003). The record
+/// goes to the DLQ with reason `numeric-overflow` and its original headers, its
+/// transaction rolls back (the wallet and the payment are exactly as before), and the
+/// next result on the same partition, for another wallet, is applied. A result whose id
+/// is not `PaymentResult::id_for(paymentId, status)` is dead-lettered the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_the_database_refuses_for_its_own_data_is_dead_lettered_and_the_next_applies() {
+    let stack = stack().await;
+    let topics = Topics::create(&stack).await;
+    let (poisoned_wallet, poisoned) = seed_wallet(&stack.db, "100.00", &["10.00"]).await;
+    let (healthy_wallet, healthy) = seed_wallet(&stack.db, "100.00", &["20.00", "30.00"]).await;
+    sqlx::query("UPDATE wallets SET version = 9223372036854775807 WHERE wallet_id = $1")
+        .bind(poisoned_wallet)
+        .execute(&stack.db)
+        .await
+        .unwrap();
+    let wallet_before = wallet(&stack.db, poisoned_wallet).await;
+    let partition = 0;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    let overflowing =
+        produce_traced(&stack, &topics.results, partition, &poisoned[0].result(Failed), traceparent).await;
+    let forged = PaymentResult { payment_result_id: Uuid::new_v4(), ..healthy[1].result(Completed) };
+    let mismatched = produce(&stack, &topics.results, partition, &forged).await;
+    produce(&stack, &topics.results, partition, &healthy[0].result(Failed)).await;
+    produce(&stack, &topics.results, partition, &healthy[1].result(Completed)).await;
+
+    let mut running = start(config(&stack, &topics, &testkit::unique("it-settle")));
+    running.wait_for_records(4).await;
+
+    let letters = dead_letters(&stack, &topics, 2).await;
+    assert_eq!(letters.len(), 2, "one letter per refused record: {letters:#?}");
+    let letter_for = |reason: &str| {
+        letters
+            .iter()
+            .find(|l| l.header(dlq::HEADER_REASON) == Some(reason.as_bytes()))
+            .unwrap_or_else(|| panic!("no dead letter with reason {reason}: {letters:#?}"))
+    };
+    let overflow_letter = letter_for("numeric-overflow");
+    assert_dead_letter(overflow_letter, &topics, &overflowing, "numeric-overflow");
+    assert!(header(overflow_letter, dlq::HEADER_DETAIL).contains("22003"), "{overflow_letter:?}");
+    assert_eq!(header(overflow_letter, "traceparent"), traceparent, "the original headers travel on");
+    assert_dead_letter(letter_for("result-id-mismatch"), &topics, &mismatched, "result-id-mismatch");
+    assert_eq!(running.metrics.dead_lettered_total("numeric-overflow"), 1);
+    assert_eq!(running.metrics.dead_lettered_total("result-id-mismatch"), 1);
+
+    // Nothing of the refused record was applied: the transaction rolled back.
+    assert_pending(&stack.db, &poisoned[0]).await;
+    assert_eq!(wallet(&stack.db, poisoned_wallet).await, wallet_before);
+    // The records after it were.
+    assert_settled(&stack.db, &healthy[0], Failed).await;
+    assert_settled(&stack.db, &healthy[1], Completed).await;
+    let after = wallet(&stack.db, healthy_wallet).await;
+    assert_eq!((after.available, after.reserved), (money("70.00"), Decimal::ZERO));
+    assert_money_conserved(&stack.db, poisoned_wallet).await;
+    assert_money_conserved(&stack.db, healthy_wallet).await;
+
+    running.stop().await.expect("a clean stop");
+    topics.delete(&stack).await;
+}
+
+/// The wallet database caps a balance (`available + reserved`) at the largest
+/// `numeric(14,2)`, so a refund, which moves money from `reserved` to `available`, can
+/// never overflow: the deposit that would break the cap is refused by the constraint, and
+/// a refund on a wallet filled to the cap is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_balance_cap_refuses_the_deposit_a_refund_could_not_survive() {
+    let stack = stack().await;
+    let topics = Topics::create(&stack).await;
+    let (wallet_id, payments) = seed_wallet(&stack.db, "100.00", &["60.00"]).await;
+    let cap = settlement::apply::MAX_BALANCE;
+    let fill = sqlx::query("UPDATE wallets SET available = $2 - reserved WHERE wallet_id = $1")
+        .bind(wallet_id)
+        .bind(cap)
+        .execute(&stack.db)
+        .await;
+    assert!(fill.is_ok(), "a wallet may hold exactly the cap: {fill:?}");
+    let over = sqlx::query("UPDATE wallets SET available = available + 0.01 WHERE wallet_id = $1")
+        .bind(wallet_id)
+        .execute(&stack.db)
+        .await
+        .expect_err("one cent over the cap must be refused");
+    let db = over.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23514"), "{db}");
+    assert_eq!(db.constraint(), Some("wallets_balance_max"), "{db}");
+    let state = wallet(&stack.db, wallet_id).await;
+    assert_eq!(state.available + state.reserved, cap);
+
+    produce(&stack, &topics.results, payments[0].partition, &payments[0].result(Failed)).await;
+    let mut running = start(config(&stack, &topics, &testkit::unique("it-settle")));
+    running.wait_for_records(1).await;
+    assert_eq!(running.metrics.applied_total(Failed), 1, "the refund at the cap applies");
+    assert_settled(&stack.db, &payments[0], Failed).await;
+    let refunded = wallet(&stack.db, wallet_id).await;
+    assert_eq!((refunded.available, refunded.reserved), (cap, Decimal::ZERO));
+
+    running.stop().await.expect("a clean stop");
     topics.delete(&stack).await;
 }
 

@@ -636,7 +636,14 @@ impl Shared {
         detail: &str,
         shutdown: &mut Shutdown<S>,
     ) -> Result<Handled, DispatchError> {
-        let letter = DeadLetter { source, key: record.key(), value: record.payload(), reason, detail };
+        let letter = DeadLetter {
+            source,
+            key: record.key(),
+            value: record.payload(),
+            headers: record.headers(),
+            reason,
+            detail,
+        };
         let dlq = &self.dlq;
         let sent = retry::retry(
             self.config.retry,

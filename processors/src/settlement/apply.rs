@@ -13,10 +13,30 @@
 //! moves the money, so a redelivered result finds it set and changes nothing. That also
 //! makes an ambiguous commit (the connection dropped while committing) safe to retry.
 //!
-//! The table's CHECK constraints are the second line of defence: `reserved >= 0`,
-//! `available >= 0`, and "a settled row has all its result columns". A violation means
-//! the wallet was already inconsistent or this code is wrong; it is an error that stops
-//! the processor, never a dead letter.
+//! # What stops settlement and what is set aside
+//!
+//! A failure is one of three kinds, and each is handled differently:
+//!
+//! | kind | examples | handling |
+//! |---|---|---|
+//! | transient ([`ApplyError::is_transient`]) | connection lost, serialization failure, deadlock, statement timeout | the same record is retried |
+//! | invariant breach ([`ApplyError::Invariant`]) | a CHECK in [`INVARIANT_CONSTRAINTS`] refuses the change (`reserved` would go negative: the reservation does not cover a pending payment); a post-condition read back fails | settlement **stops**, the offset uncommitted: the books are already wrong or this code is, and applying more results on top would spread the damage |
+//! | per-record data error ([`Rejection::Data`], [`Rejection::ResultIdMismatch`], and the other [`Rejection`]s) | a numeric overflow (SQLSTATE 22003), any other data exception (class 22), a constraint outside [`INVARIANT_CONSTRAINTS`] (class 23), a result that disagrees with its payment or whose id is not `PaymentResult::id_for(paymentId, status)` | the transaction rolls back (nothing half-applied), the record goes to the DLQ with a stable reason, the offset moves on |
+//!
+//! A per-record data error is confined to one record: the next result, even for the same
+//! wallet, may apply. Halting on it would stop every wallet's settlement behind one bad
+//! row (issue 11, scenario 3). Any other non-transient database error (an undefined
+//! table, a permission refused) is about the deployment, not the record, would refuse
+//! every record alike, and stops settlement too.
+//!
+//! # Balances cannot overflow
+//!
+//! The wallet's CHECK `wallets_balance_max` (migration `20261128000004`) caps
+//! `available + reserved` at [`MAX_BALANCE`], the largest `numeric(14,2)`. A refund moves
+//! money from `reserved` to `available` and a completion lowers `reserved`, so neither can
+//! overflow a wallet that satisfies the cap; the deposit that would break it is refused by
+//! the constraint. The overflow path above remains for rows the cap does not cover (the
+//! `version` counter) and as defence in depth.
 
 use std::fmt;
 
@@ -29,6 +49,25 @@ use uuid::Uuid;
 
 /// The unique constraint on `wallet_transactions.payment_result_id` (Postgres's default name).
 pub const RESULT_ID_UNIQUE_CONSTRAINT: &str = "wallet_transactions_payment_result_id_key";
+
+/// The largest balance (`available + reserved`) a wallet may hold: the largest
+/// `numeric(14,2)`, enforced by the CHECK `wallets_balance_max`.
+pub const MAX_BALANCE: Decimal = Decimal::from_parts(276_447_231, 23_283, 0, false, 2);
+
+/// The CHECK constraints that encode money invariants. Settlement never moves money in a
+/// way that could violate them on a consistent wallet, so a violation means the wallet was
+/// already inconsistent (or this code is wrong): it stops settlement instead of being
+/// dead-lettered.
+pub const INVARIANT_CONSTRAINTS: &[&str] = &[
+    // Settlement lowers `reserved` by the payment's amount, which the reservation covers.
+    "wallets_reserved_check",
+    // Settlement never lowers `available`.
+    "wallets_available_check",
+    // Settlement moves the sum only down (COMPLETED) or not at all (a refund).
+    "wallets_balance_max",
+    // Settlement writes every result column at once.
+    "wallet_transactions_settled_consistently",
+];
 
 /// What settlement knows about a payment: its `wallet_transactions` row.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -57,6 +96,63 @@ pub enum Rejection {
     UnknownStatus,
     /// The result's id already settled a different payment.
     ResultIdReused,
+    /// The result's id is not `PaymentResult::id_for(paymentId, status)`: whoever wrote
+    /// it did not follow the contract, so its dedup key cannot be trusted.
+    ResultIdMismatch { expected: Uuid },
+    /// The database refused this record's change for a reason of its own data (see the
+    /// module doc): the transaction rolled back.
+    Data(DataError),
+}
+
+/// A database refusal that concerns one record's data, not the database's availability
+/// nor a money invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataError {
+    /// Which kind; its [`DataErrorKind::as_str`] is the DLQ reason.
+    pub kind: DataErrorKind,
+    /// The SQLSTATE, e.g. `22003`.
+    pub sqlstate: String,
+    /// The constraint that refused it, if the database named one.
+    pub constraint: Option<String>,
+    /// The database's message.
+    pub message: String,
+}
+
+/// The kinds of [`DataError`], each a stable DLQ reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataErrorKind {
+    /// SQLSTATE 22003: a value does not fit its column (a balance, a counter).
+    NumericOverflow,
+    /// Any other data exception (SQLSTATE class 22: a string too long, a bad value).
+    DataException,
+    /// SQLSTATE 23514 on a constraint outside [`INVARIANT_CONSTRAINTS`].
+    CheckViolation,
+    /// Any other integrity constraint (class 23: not null, foreign key, unique).
+    ConstraintViolation,
+}
+
+impl DataErrorKind {
+    /// The kind of a non-transient SQLSTATE that is about the record's data; `None` for
+    /// any other code.
+    pub fn of_sqlstate(code: &str) -> Option<Self> {
+        match code {
+            "22003" => Some(Self::NumericOverflow),
+            "23514" => Some(Self::CheckViolation),
+            _ if code.starts_with("22") => Some(Self::DataException),
+            _ if code.starts_with("23") => Some(Self::ConstraintViolation),
+            _ => None,
+        }
+    }
+
+    /// The DLQ's `dlq.reason` and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NumericOverflow => "numeric-overflow",
+            Self::DataException => "data-exception",
+            Self::CheckViolation => "check-violation",
+            Self::ConstraintViolation => "constraint-violation",
+        }
+    }
 }
 
 impl Rejection {
@@ -69,6 +165,8 @@ impl Rejection {
             Self::WalletMismatch { .. } => "wallet-mismatch",
             Self::UnknownStatus => "unknown-status",
             Self::ResultIdReused => "result-id-reused",
+            Self::ResultIdMismatch { .. } => "result-id-mismatch",
+            Self::Data(data) => data.kind.as_str(),
         }
     }
 
@@ -80,6 +178,11 @@ impl Rejection {
         "wallet-mismatch",
         "unknown-status",
         "result-id-reused",
+        "result-id-mismatch",
+        "numeric-overflow",
+        "data-exception",
+        "check-violation",
+        "constraint-violation",
     ];
 }
 
@@ -98,6 +201,16 @@ impl fmt::Display for Rejection {
             }
             Self::UnknownStatus => write!(f, "the result's status is UNKNOWN to this build"),
             Self::ResultIdReused => write!(f, "the result id already settled another payment"),
+            Self::ResultIdMismatch { expected } => {
+                write!(f, "the result id is not the one its payment and status give ({expected})")
+            }
+            Self::Data(data) => write!(
+                f,
+                "the database refused the change (SQLSTATE {}{}): {}; rolled back",
+                data.sqlstate,
+                data.constraint.as_deref().map(|c| format!(", constraint {c}")).unwrap_or_default(),
+                data.message
+            ),
         }
     }
 }
@@ -162,10 +275,17 @@ pub enum Decision {
 
 /// Judges `result` against the payment's row.
 ///
-/// The wallet and amount are checked before the dedup: a result that disagrees with the
+/// The id is checked first, against the contract alone. The wallet and amount are
+/// checked before the dedup: a result that disagrees with the
 /// payment it names is suspect whether or not the payment is settled, and a genuine
 /// redelivery always agrees, so checking first costs a true duplicate nothing.
 pub fn decide(row: Option<&PaymentRow>, result: &PaymentResult) -> Decision {
+    // The id is the dedup key; one that does not follow from the payment and status would
+    // let a second result for the same outcome slip past the dedup.
+    let expected = PaymentResult::id_for(result.payment_id, result.status);
+    if result.payment_result_id != expected {
+        return Decision::Reject(Rejection::ResultIdMismatch { expected });
+    }
     let Some(row) = row else {
         return Decision::Reject(Rejection::UnknownPayment);
     };
@@ -304,13 +424,16 @@ pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, App
     // The row was found above and is locked, so its wallet exists (foreign key).
     let wallet_id = result.wallet_id;
 
-    let moved: Option<(Decimal, Decimal, i64)> = sqlx::query_as(MOVE_MONEY)
+    let moved: Result<Option<(Decimal, Decimal, i64)>, sqlx::Error> = sqlx::query_as(MOVE_MONEY)
         .bind(wallet_id)
         .bind(movement.available_delta)
         .bind(movement.reserved_delta)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| constraint_error(e, result))?;
+        .await;
+    let moved = match moved {
+        Ok(moved) => moved,
+        Err(error) => return refused(tx, error, result).await,
+    };
     let Some((available, reserved, wallet_version)) = moved else {
         return Err(ApplyError::Invariant(format!(
             "payment {} names wallet {wallet_id}, which does not exist",
@@ -338,11 +461,12 @@ pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, App
         Err(error) if is_unique_violation(&error, RESULT_ID_UNIQUE_CONSTRAINT) => {
             return finish_unchanged(tx, Outcome::Rejected(Rejection::ResultIdReused)).await;
         }
-        Err(error) => return Err(constraint_error(error, result)),
+        Err(error) => return refused(tx, error, result).await,
     }
 
-    // Read back what the CHECKs already guarantee: a reservation never goes negative.
-    if reserved < Decimal::ZERO || available < Decimal::ZERO {
+    // Read back what the CHECKs already guarantee: a reservation never goes negative, and
+    // the balance stays within its cap.
+    if reserved < Decimal::ZERO || available < Decimal::ZERO || available + reserved > MAX_BALANCE {
         return Err(ApplyError::Invariant(format!(
             "wallet {wallet_id} would hold available {available}, reserved {reserved}"
         )));
@@ -365,21 +489,56 @@ fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
         if db.kind() == ErrorKind::UniqueViolation && db.constraint() == Some(constraint))
 }
 
-/// A CHECK violation is an invariant error; anything else stays a database error.
-fn constraint_error(error: sqlx::Error, result: &PaymentResult) -> ApplyError {
-    match &error {
-        sqlx::Error::Database(db) if db.kind() == ErrorKind::CheckViolation => {
-            ApplyError::Invariant(format!(
-                "applying result {} ({}) of payment {} to wallet {}: constraint {} refused it: {}",
-                result.payment_result_id,
-                result.status.symbol(),
-                result.payment_id,
-                result.wallet_id,
-                db.constraint().unwrap_or("?"),
-                db.message()
-            ))
+/// How a database error that ended a write is handled (see the module doc).
+#[derive(Debug)]
+enum Refusal {
+    /// About this record's data: roll back and dead-letter it.
+    Data(DataError),
+    /// Transient, or about the deployment: an [`ApplyError`].
+    Error(ApplyError),
+}
+
+/// Sorts a database error into an invariant breach (a constraint in
+/// [`INVARIANT_CONSTRAINTS`]), a per-record data error (SQLSTATE class 22 or 23), or a
+/// plain database error (transient or not, [`ApplyError::is_transient`] decides).
+fn classify_refusal(error: sqlx::Error, result: &PaymentResult) -> Refusal {
+    let sqlx::Error::Database(db) = &error else {
+        return Refusal::Error(ApplyError::Database(error));
+    };
+    let constraint = db.constraint().map(str::to_owned);
+    if db.kind() == ErrorKind::CheckViolation
+        && constraint.as_deref().is_some_and(|c| INVARIANT_CONSTRAINTS.contains(&c))
+    {
+        return Refusal::Error(ApplyError::Invariant(format!(
+            "applying result {} ({}) of payment {} to wallet {}: constraint {} refused it: {}",
+            result.payment_result_id,
+            result.status.symbol(),
+            result.payment_id,
+            result.wallet_id,
+            constraint.as_deref().unwrap_or("?"),
+            db.message()
+        )));
+    }
+    let code = db.code().map(|code| code.into_owned()).unwrap_or_default();
+    match DataErrorKind::of_sqlstate(&code) {
+        Some(kind) => {
+            Refusal::Data(DataError { kind, sqlstate: code, constraint, message: db.message().to_owned() })
         }
-        _ => ApplyError::Database(error),
+        None => Refusal::Error(ApplyError::Database(error)),
+    }
+}
+
+/// Ends the transaction a write failed in: a per-record data error rolls it back and
+/// rejects the record; anything else is returned as an error (the transaction is rolled
+/// back when dropped).
+async fn refused(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    error: sqlx::Error,
+    result: &PaymentResult,
+) -> Result<Outcome, ApplyError> {
+    match classify_refusal(error, result) {
+        Refusal::Data(data) => finish_unchanged(tx, Outcome::Rejected(Rejection::Data(data))).await,
+        Refusal::Error(error) => Err(error),
     }
 }
 
@@ -499,7 +658,11 @@ mod tests {
         };
         assert!(matches!(decide(Some(&row), &r), Decision::Reject(Rejection::AmountMismatch { .. })));
 
-        let unknown = PaymentResult { status: PaymentResultStatus::Unknown, ..r.clone() };
+        let unknown = PaymentResult {
+            status: PaymentResultStatus::Unknown,
+            payment_result_id: PaymentResult::id_for(r.payment_id, PaymentResultStatus::Unknown),
+            ..r.clone()
+        };
         assert_eq!(
             decide(Some(&pending_row(&unknown)), &unknown),
             Decision::Reject(Rejection::UnknownStatus)
@@ -515,10 +678,64 @@ mod tests {
             Rejection::WalletMismatch { reserved_in: Uuid::nil(), result: Uuid::nil() },
             Rejection::UnknownStatus,
             Rejection::ResultIdReused,
+            Rejection::ResultIdMismatch { expected: Uuid::nil() },
+            data(DataErrorKind::NumericOverflow),
+            data(DataErrorKind::DataException),
+            data(DataErrorKind::CheckViolation),
+            data(DataErrorKind::ConstraintViolation),
         ];
         let kinds: Vec<_> = all.iter().map(Rejection::kind).collect();
         assert_eq!(kinds, Rejection::KINDS);
         assert!(all.iter().all(|r| !r.to_string().is_empty()));
+    }
+
+    fn data(kind: DataErrorKind) -> Rejection {
+        Rejection::Data(DataError {
+            kind,
+            sqlstate: "22003".into(),
+            constraint: None,
+            message: "out of range".into(),
+        })
+    }
+
+    #[test]
+    fn a_result_id_that_does_not_follow_from_payment_and_status_is_rejected_first() {
+        let r = result(PaymentResultStatus::Completed, 500);
+        let forged = PaymentResult { payment_result_id: Uuid::new_v4(), ..r.clone() };
+        let expected = PaymentResult::id_for(r.payment_id, PaymentResultStatus::Completed);
+        // Whatever the row says, even "no such payment" or "already settled by this id".
+        for row in [None, Some(pending_row(&r))] {
+            assert_eq!(
+                decide(row.as_ref(), &forged),
+                Decision::Reject(Rejection::ResultIdMismatch { expected })
+            );
+        }
+        // The id of another status of the same payment does not fit this status either.
+        let swapped = PaymentResult {
+            payment_result_id: PaymentResult::id_for(r.payment_id, PaymentResultStatus::Failed),
+            ..r.clone()
+        };
+        assert!(matches!(
+            decide(Some(&pending_row(&r)), &swapped),
+            Decision::Reject(Rejection::ResultIdMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn data_sqlstates_are_per_record_and_others_are_not() {
+        assert_eq!(DataErrorKind::of_sqlstate("22003"), Some(DataErrorKind::NumericOverflow));
+        assert_eq!(DataErrorKind::of_sqlstate("22001"), Some(DataErrorKind::DataException));
+        assert_eq!(DataErrorKind::of_sqlstate("23514"), Some(DataErrorKind::CheckViolation));
+        assert_eq!(DataErrorKind::of_sqlstate("23502"), Some(DataErrorKind::ConstraintViolation));
+        for code in ["42P01", "42501", "XX000", "08006", "40001", "25P02", ""] {
+            assert_eq!(DataErrorKind::of_sqlstate(code), None, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_balance_cap_is_the_largest_numeric_14_2() {
+        assert_eq!(MAX_BALANCE, Decimal::from_str_exact("999999999999.99").unwrap());
+        assert_eq!(MAX_BALANCE.scale(), 2);
     }
 
     #[test]

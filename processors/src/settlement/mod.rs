@@ -360,7 +360,14 @@ impl Settlement {
         detail: &str,
         shutdown: &mut Shutdown<S>,
     ) -> Result<Handled, SettlementError> {
-        let letter = DeadLetter { source, key: record.key(), value: record.payload(), reason, detail };
+        let letter = DeadLetter {
+            source,
+            key: record.key(),
+            value: record.payload(),
+            headers: record.headers(),
+            reason,
+            detail,
+        };
         let dlq = &self.dlq;
         let sent = retry::retry(
             self.config.retry,
