@@ -128,6 +128,9 @@ pub struct Snapshot {
     pub provider: HashMap<Uuid, ProviderCharge>,
     /// Anomalies found while reading the logs themselves.
     pub log_anomalies: Vec<LogAnomaly>,
+    /// Records of the topics read that are not their contract (dead-lettered by the consumers),
+    /// by topic: reported, not a violation.
+    pub poison: BTreeMap<String, usize>,
 }
 
 /// The audit's settings.
@@ -271,6 +274,8 @@ pub struct Findings {
     pub available: Decimal,
     /// Sum of reserved.
     pub reserved: Decimal,
+    /// Poison records skipped on the topics read, by topic.
+    pub poison: BTreeMap<String, usize>,
     /// What broke.
     pub violations: Vec<Violation>,
 }
@@ -292,7 +297,8 @@ fn ledger_name(status: LedgerStatus) -> &'static str {
 
 /// Checks every rule on `snapshot`.
 pub fn check(snapshot: &Snapshot, rules: &Rules) -> Findings {
-    let mut findings = Findings { wallets: snapshot.wallets.len(), ..Findings::default() };
+    let mut findings =
+        Findings { wallets: snapshot.wallets.len(), poison: snapshot.poison.clone(), ..Findings::default() };
     for payment in &snapshot.payments {
         *findings.payments.entry(ledger_name(payment.status)).or_default() += 1;
     }
@@ -551,6 +557,7 @@ mod tests {
             payments,
             results,
             log_anomalies: vec![],
+            poison: BTreeMap::new(),
         }
     }
 

@@ -27,6 +27,14 @@ pub fn render(findings: &Findings) -> String {
         "money:   deposited {}, completed debits {}, available {}, reserved {}",
         findings.deposited, findings.debited, findings.available, findings.reserved
     );
+    if !findings.poison.is_empty() {
+        let skipped: Vec<String> = findings.poison.iter().map(|(t, n)| format!("{n} on {t}")).collect();
+        let _ = writeln!(
+            out,
+            "poison:  {} (not their contract; the consumers dead-letter them)",
+            skipped.join(", ")
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "| {:<28} | {:>10} |", "rule", "violations");
     let _ = writeln!(out, "|{:-<30}|{:->12}|", "", "");

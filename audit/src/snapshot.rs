@@ -61,7 +61,7 @@ pub enum SnapshotError {
         /// Partitions not at their end.
         remaining: usize,
     },
-    /// The registry could not decode a record (not a poison record: a registry away).
+    /// The registry could not be reached to decode a record.
     #[error("decoding {topic} {partition}@{offset}: {detail}")]
     Decode {
         /// The topic.
@@ -130,28 +130,22 @@ pub async fn read(db: &PgPool, sources: &Sources, scope: &Scope) -> Result<Snaps
     let mut log_anomalies = Vec::new();
     let results_raw =
         read_log_twice(&sources.kafka_bootstrap, &sources.results_topic, &mut log_anomalies).await?;
+    let mut poison = BTreeMap::new();
     let mut results = Vec::with_capacity(results_raw.len());
     for raw in &results_raw {
-        let Some(value) = &raw.value else { continue };
-        let result: PaymentResult = codec.decode(value).await.map_err(|e| SnapshotError::Decode {
-            topic: sources.results_topic.clone(),
-            partition: raw.partition,
-            offset: raw.offset,
-            detail: e.to_string(),
-        })?;
-        results.push(ResultRecord { position: (raw.partition, raw.offset), result });
+        if let Some(result) =
+            decode::<PaymentResult>(&codec, &sources.results_topic, raw, &mut poison).await?
+        {
+            results.push(ResultRecord { position: (raw.partition, raw.offset), result });
+        }
     }
     let timers_raw =
         read_to_end(&sources.kafka_bootstrap, &sources.timers_topic, Isolation::Committed).await?;
     let mut fired_timeouts = Vec::new();
     for raw in &timers_raw {
-        let Some(value) = &raw.value else { continue };
-        let timer: TimerEvent = codec.decode(value).await.map_err(|e| SnapshotError::Decode {
-            topic: sources.timers_topic.clone(),
-            partition: raw.partition,
-            offset: raw.offset,
-            detail: e.to_string(),
-        })?;
+        let Some(timer) = decode::<TimerEvent>(&codec, &sources.timers_topic, raw, &mut poison).await? else {
+            continue;
+        };
         if let (TimerKind::PaymentTimeout, TimerChange::Fired { fired_at }) = (timer.kind, timer.change) {
             fired_timeouts.push(FiredTimeout {
                 payment_id: timer.payment_id,
@@ -164,7 +158,42 @@ pub async fn read(db: &PgPool, sources: &Sources, scope: &Scope) -> Result<Snaps
         Some(url) => read_provider(url, &payments).await?,
         None => HashMap::new(),
     };
-    Ok(Snapshot { wallets, payments, known_payment_ids, results, fired_timeouts, provider, log_anomalies })
+    Ok(Snapshot {
+        wallets,
+        payments,
+        known_payment_ids,
+        results,
+        fired_timeouts,
+        provider,
+        log_anomalies,
+        poison,
+    })
+}
+
+/// Decodes one record of `topic`. A record that is not the topic's contract (garbage, an unknown
+/// schema id, another record type) is poison: the consumers dead-letter it, and the audit counts
+/// it and reads on. A registry that cannot be reached fails the snapshot.
+async fn decode<E: paystream_schemas::Event>(
+    codec: &EventCodec,
+    topic: &str,
+    raw: &LogRecord,
+    poison: &mut BTreeMap<String, usize>,
+) -> Result<Option<E>, SnapshotError> {
+    let Some(value) = &raw.value else { return Ok(None) };
+    match codec.decode::<E>(value).await {
+        Ok(event) => Ok(Some(event)),
+        Err(e) if e.is_retriable() => Err(SnapshotError::Decode {
+            topic: topic.to_owned(),
+            partition: raw.partition,
+            offset: raw.offset,
+            detail: e.to_string(),
+        }),
+        Err(e) => {
+            tracing::info!(topic, partition = raw.partition, offset = raw.offset, error = %e, "poison record skipped");
+            *poison.entry(topic.to_owned()).or_default() += 1;
+            Ok(None)
+        }
+    }
 }
 
 async fn read_wallets(
