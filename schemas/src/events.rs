@@ -22,6 +22,11 @@ pub mod topics {
     pub const PAYMENTS_DISPATCH_OUTCOMES: &str = "payments.dispatch-outcomes";
     pub const PAYMENTS_TIMERS: &str = "payments.timers";
     pub const PAYMENTS_RESULTS: &str = "payments.results";
+    /// The saga's status queries, voids and refunds (a topic of its own: a verification
+    /// must not wait behind charges stuck in `payments.provider-commands`).
+    pub const PAYMENTS_PROVIDER_REQUESTS: &str = "payments.provider-requests";
+    /// Discrepancies between the provider's ledger and paystream's, and what was done.
+    pub const PAYMENTS_RECONCILIATION: &str = "payments.reconciliation";
 }
 
 /// Implements the contract half of [`Event`]: the embedded `.avsc`, its topic, the parsed schema.
@@ -88,18 +93,86 @@ avro_enum!(
     }
 );
 avro_enum!(
-    /// What the dispatcher made of a charge command.
+    /// What the dispatcher made of a charge command, or what the provider answered to a
+    /// [`ProviderRequest`] (see `DispatchOutcome.avsc` for each symbol).
     DispatchResult {
         Unknown => "UNKNOWN",
         Accepted => "ACCEPTED",
         Rejected => "REJECTED",
         RetriesExhausted => "RETRIES_EXHAUSTED",
+        Expired => "EXPIRED",
+        Charged => "CHARGED",
+        NotCharged => "NOT_CHARGED",
+        Pending => "PENDING",
+        Voided => "VOIDED",
+        Refunded => "REFUNDED",
+        Unanswered => "UNANSWERED",
+    }
+);
+
+impl DispatchResult {
+    /// Whether this answers a `ChargeCommand` (the other symbols answer a `ProviderRequest`).
+    pub fn answers_a_charge(self) -> bool {
+        matches!(self, Self::Accepted | Self::Rejected | Self::RetriesExhausted | Self::Expired)
+    }
+}
+
+avro_enum!(
+    /// What a timer is for.
+    TimerKind {
+        Unknown => "UNKNOWN",
+        PaymentTimeout => "PAYMENT_TIMEOUT",
+        CallbackRetention => "CALLBACK_RETENTION",
+        VerifyRetry => "VERIFY_RETRY",
     }
 );
 avro_enum!(
-    /// What a timer is for.
-    TimerKind { Unknown => "UNKNOWN", PaymentTimeout => "PAYMENT_TIMEOUT", CallbackRetention => "CALLBACK_RETENTION" }
+    /// What disagreed between the provider's ledger and paystream's.
+    Discrepancy { Unknown => "UNKNOWN", ChargedAfterFailure => "CHARGED_AFTER_FAILURE" }
 );
+avro_enum!(
+    /// What the saga did about a discrepancy.
+    Remedy { Unknown => "UNKNOWN", RefundRequested => "REFUND_REQUESTED" }
+);
+
+/// A nullable field's Avro value (`["null", T]`, null first).
+fn nullable(value: Option<Value>) -> Value {
+    match value {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(value) => Value::Union(1, Box::new(value)),
+    }
+}
+
+/// The non-null branch of a nullable field, if any.
+fn non_null(r: &mut RecordReader, field: &'static str) -> Result<Option<Value>, ContractError> {
+    match r.union(field)? {
+        (_, Value::Null) => Ok(None),
+        (_, value) => Ok(Some(value)),
+    }
+}
+
+/// A nullable `timestamp-micros`.
+fn optional_timestamp(r: &mut RecordReader, field: &'static str) -> Result<Option<Timestamp>, ContractError> {
+    match non_null(r, field)? {
+        None => Ok(None),
+        Some(Value::TimestampMicros(micros) | Value::Long(micros)) => crate::time::from_micros(micros)
+            .map(Some)
+            .ok_or(ContractError::OutOfRange { field, value: micros.to_string() }),
+        Some(other) => Err(ContractError::WrongType { field, found: format!("{other:?}") }),
+    }
+}
+
+/// A nullable `uuid`.
+fn optional_uuid(r: &mut RecordReader, field: &'static str) -> Result<Option<Uuid>, ContractError> {
+    match non_null(r, field)? {
+        None => Ok(None),
+        Some(Value::Uuid(uuid)) => Ok(Some(uuid)),
+        Some(Value::String(text)) => {
+            Uuid::parse_str(&text).map(Some).map_err(|_| ContractError::BadUuid { field, value: text })
+        }
+        Some(other) => Err(ContractError::WrongType { field, found: format!("{other:?}") }),
+    }
+}
 
 /// A payment was accepted and its amount reserved (`PaymentInitiated.avsc`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +325,15 @@ pub struct ChargeCommand {
     pub currency: String,
     pub description: String,
     pub issued_at: Timestamp,
+    /// No attempt may start after this; `None` for commands written before the field existed.
+    pub not_after: Option<Timestamp>,
+}
+
+impl ChargeCommand {
+    /// Whether the command's deadline has passed at `now` (a command without one never expires).
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        self.not_after.is_some_and(|not_after| now > not_after)
+    }
 }
 
 impl Event for ChargeCommand {
@@ -266,6 +348,7 @@ impl Event for ChargeCommand {
             ("currency", avro::string(&self.currency)),
             ("description", avro::string(&self.description)),
             ("issuedAt", avro::timestamp(self.issued_at)),
+            ("notAfter", nullable(self.not_after.map(avro::timestamp))),
         ])
     }
 
@@ -279,6 +362,7 @@ impl Event for ChargeCommand {
             currency: r.string("currency")?,
             description: r.string("description")?,
             issued_at: r.timestamp("issuedAt")?,
+            not_after: optional_timestamp(&mut r, "notAfter")?,
         })
     }
 }
@@ -380,5 +464,156 @@ impl Event for TimerEvent {
             }
         };
         Ok(Self { timer_id, payment_id, kind, due_at, change })
+    }
+}
+
+/// What a [`ProviderRequest`] asks: the three branches of `ProviderRequest.action`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderAction {
+    /// `GET /v1/charges/{key}`: is there a successful charge?
+    StatusQuery { reason: String },
+    /// `POST /v1/charges/{key}/void`: make the key unchargeable for good.
+    Void { reason: String },
+    /// `POST /v1/charges/{key}/refund`: give the charge back.
+    Refund { amount: Amount, currency: String, reason: String },
+}
+
+impl ProviderAction {
+    /// A short name for logs and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::StatusQuery { .. } => "status",
+            Self::Void { .. } => "void",
+            Self::Refund { .. } => "refund",
+        }
+    }
+}
+
+/// The saga's request to verify or undo a charge (`ProviderRequest.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderRequest {
+    pub request_id: Uuid,
+    pub payment_id: Uuid,
+    pub action: ProviderAction,
+    pub issued_at: Timestamp,
+}
+
+impl Event for ProviderRequest {
+    contract!("ProviderRequest", topics::PAYMENTS_PROVIDER_REQUESTS);
+
+    fn to_avro(&self) -> Value {
+        let action = match &self.action {
+            ProviderAction::StatusQuery { reason } => {
+                Value::Union(0, Box::new(avro::record(vec![("reason", avro::string(reason))])))
+            }
+            ProviderAction::Void { reason } => {
+                Value::Union(1, Box::new(avro::record(vec![("reason", avro::string(reason))])))
+            }
+            ProviderAction::Refund { amount, currency, reason } => Value::Union(
+                2,
+                Box::new(avro::record(vec![
+                    ("amount", avro::amount(*amount)),
+                    ("currency", avro::string(currency)),
+                    ("reason", avro::string(reason)),
+                ])),
+            ),
+        };
+        avro::record(vec![
+            ("requestId", avro::uuid(self.request_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("action", action),
+            ("issuedAt", avro::timestamp(self.issued_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        let request_id = r.uuid("requestId")?;
+        let payment_id = r.uuid("paymentId")?;
+        let action = match r.union("action")? {
+            (0, branch) => {
+                ProviderAction::StatusQuery { reason: RecordReader::new(branch)?.string("reason")? }
+            }
+            (1, branch) => ProviderAction::Void { reason: RecordReader::new(branch)?.string("reason")? },
+            (2, branch) => {
+                let mut b = RecordReader::new(branch)?;
+                ProviderAction::Refund {
+                    amount: b.amount("amount")?,
+                    currency: b.string("currency")?,
+                    reason: b.string("reason")?,
+                }
+            }
+            (index, _) => {
+                return Err(ContractError::OutOfRange {
+                    field: "action",
+                    value: format!("union branch {index}"),
+                })
+            }
+        };
+        Ok(Self { request_id, payment_id, action, issued_at: r.timestamp("issuedAt")? })
+    }
+}
+
+/// A discrepancy between the provider's ledger and paystream's, and its remedy
+/// (`ReconciliationEvent.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReconciliationEvent {
+    pub event_id: Uuid,
+    pub payment_id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: Amount,
+    pub currency: String,
+    pub discrepancy: Discrepancy,
+    pub remedy: Remedy,
+    pub published_status: PaymentResultStatus,
+    pub refund_request_id: Option<Uuid>,
+    pub evidence: String,
+    pub detected_at: Timestamp,
+}
+
+impl ReconciliationEvent {
+    /// The namespace of reconciliation event ids (UUIDv5 of payment and discrepancy).
+    pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x2d7c_41e9_8b36_4f0a_b5d2_93e1_6c08_7fa4);
+
+    /// The deterministic id of `discrepancy` for `payment_id`.
+    pub fn id_for(payment_id: Uuid, discrepancy: Discrepancy) -> Uuid {
+        Uuid::new_v5(&Self::ID_NAMESPACE, format!("{payment_id}/{}", discrepancy.symbol()).as_bytes())
+    }
+}
+
+impl Event for ReconciliationEvent {
+    contract!("ReconciliationEvent", topics::PAYMENTS_RECONCILIATION);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("eventId", avro::uuid(self.event_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("walletId", avro::uuid(self.wallet_id)),
+            ("amount", avro::amount(self.amount)),
+            ("currency", avro::string(&self.currency)),
+            ("discrepancy", self.discrepancy.to_avro()),
+            ("remedy", self.remedy.to_avro()),
+            ("publishedStatus", avro::string(self.published_status.symbol())),
+            ("refundRequestId", nullable(self.refund_request_id.map(avro::uuid))),
+            ("evidence", avro::string(&self.evidence)),
+            ("detectedAt", avro::timestamp(self.detected_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            event_id: r.uuid("eventId")?,
+            payment_id: r.uuid("paymentId")?,
+            wallet_id: r.uuid("walletId")?,
+            amount: r.amount("amount")?,
+            currency: r.string("currency")?,
+            discrepancy: Discrepancy::from_symbol(&r.symbol("discrepancy")?),
+            remedy: Remedy::from_symbol(&r.symbol("remedy")?),
+            published_status: PaymentResultStatus::from_symbol(&r.string("publishedStatus")?),
+            refund_request_id: optional_uuid(&mut r, "refundRequestId")?,
+            evidence: r.string("evidence")?,
+            detected_at: r.timestamp("detectedAt")?,
+        })
     }
 }

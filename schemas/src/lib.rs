@@ -13,7 +13,8 @@
 //! - [`event`]: the [`Event`] trait every contract implements, and a reader that turns an
 //!   Avro record into typed fields with errors that name the field.
 //! - [`events`]: the contracts themselves (PaymentInitiated, ProviderCallbackReceived,
-//!   PaymentResult, ChargeCommand, DispatchOutcome, TimerEvent).
+//!   PaymentResult, ChargeCommand, DispatchOutcome, TimerEvent, ProviderRequest,
+//!   ReconciliationEvent).
 //! - [`wire`]: the Confluent framing, parsed without trusting the input.
 //! - [`codec`]: encode and decode events through the registry (`schema_registry_converter`),
 //!   resolving every record to the schema this binary was built with.

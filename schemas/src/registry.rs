@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::event::Event;
 use crate::events::{
-    ChargeCommand, DispatchOutcome, PaymentInitiated, PaymentResult, ProviderCallbackReceived, TimerEvent,
+    ChargeCommand, DispatchOutcome, PaymentInitiated, PaymentResult, ProviderCallbackReceived,
+    ProviderRequest, ReconciliationEvent, TimerEvent,
 };
 
 /// How long one admin request may take.
@@ -108,6 +109,8 @@ pub fn catalog() -> Vec<Contract> {
         entry::<ChargeCommand>("ChargeCommand"),
         entry::<DispatchOutcome>("DispatchOutcome"),
         entry::<TimerEvent>("TimerEvent"),
+        entry::<ProviderRequest>("ProviderRequest"),
+        entry::<ReconciliationEvent>("ReconciliationEvent"),
     ]
 }
 

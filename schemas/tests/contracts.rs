@@ -71,11 +71,12 @@ proptest! {
     #[test]
     fn commands_outcomes_and_timers_round_trip(
         ids in (uuid(), uuid(), uuid()), amount in amount(), text in text(), at in (timestamp(), timestamp()),
-        outcome in 0..4usize, attempts in 1..100i32, kind in 0..3usize, fired in any::<bool>(),
+        outcome in 0..DispatchResult::SYMBOLS.len(), attempts in 0..100i32,
+        kind in 0..TimerKind::SYMBOLS.len(), fired in any::<bool>(), deadline in any::<bool>(),
     ) {
         round_trip(&ChargeCommand {
             command_id: ids.0, payment_id: ids.1, wallet_id: ids.2, amount, currency: "RUB".into(),
-            description: text.clone(), issued_at: at.0,
+            description: text.clone(), issued_at: at.0, not_after: deadline.then_some(at.1),
         });
         round_trip(&DispatchOutcome {
             command_id: ids.0, payment_id: ids.1,
@@ -88,6 +89,77 @@ proptest! {
             change: if fired { TimerChange::Fired { fired_at: at.1 } } else { TimerChange::Scheduled { scheduled_at: at.1 } },
         });
     }
+}
+
+proptest! {
+    #[test]
+    fn provider_requests_and_reconciliation_events_round_trip(
+        ids in (uuid(), uuid(), uuid()), amount in amount(), text in text(), at in timestamp(),
+        action in 0..3usize, status in 0..PaymentResultStatus::SYMBOLS.len(), refund in any::<bool>(),
+    ) {
+        let action = match action {
+            0 => ProviderAction::StatusQuery { reason: text.clone() },
+            1 => ProviderAction::Void { reason: text.clone() },
+            _ => ProviderAction::Refund { amount, currency: "EUR".into(), reason: text.clone() },
+        };
+        round_trip(&ProviderRequest { request_id: ids.0, payment_id: ids.1, action, issued_at: at });
+        round_trip(&ReconciliationEvent {
+            event_id: ReconciliationEvent::id_for(ids.1, Discrepancy::ChargedAfterFailure),
+            payment_id: ids.1, wallet_id: ids.2, amount, currency: "RUB".into(),
+            discrepancy: Discrepancy::ChargedAfterFailure, remedy: Remedy::RefundRequested,
+            published_status: PaymentResultStatus::from_symbol(PaymentResultStatus::SYMBOLS[status]),
+            refund_request_id: refund.then_some(ids.0), evidence: text, detected_at: at,
+        });
+    }
+}
+
+/// A ChargeCommand written before `notAfter` existed reads with no deadline, and one
+/// without a deadline never expires.
+#[test]
+fn an_old_charge_command_reads_without_a_deadline() {
+    // The contract of before: the same record without its last field.
+    let mut before: serde_json::Value = serde_json::from_str(ChargeCommand::SCHEMA_JSON).unwrap();
+    before["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "notAfter");
+    let before = Schema::parse_str(&before.to_string()).unwrap();
+    let command = ChargeCommand {
+        command_id: Uuid::new_v4(),
+        payment_id: Uuid::new_v4(),
+        wallet_id: Uuid::new_v4(),
+        amount: Amount::from_minor(100).unwrap(),
+        currency: "RUB".into(),
+        description: "tea".into(),
+        issued_at: from_micros(1_000).unwrap(),
+        not_after: None,
+    };
+    let mut value = command.to_avro();
+    if let Value::Record(fields) = &mut value {
+        fields.retain(|(name, _)| name != "notAfter");
+    }
+    let bytes = GenericDatumWriter::builder(&before).build().unwrap().write_value_to_vec(value).unwrap();
+    let mut written =
+        GenericDatumReader::builder(&before).build().unwrap().read_value(&mut bytes.as_slice()).unwrap();
+    // Sign-extend the amount to the precision's width first, as the codec does before resolving
+    // (apache-avro refuses minimal-length decimals; see `schemas/src/codec.rs`).
+    if let Value::Record(fields) = &mut written {
+        for (name, field) in fields.iter_mut() {
+            if name == "amount" {
+                let Value::Decimal(d) = field else { panic!("amount is a decimal") };
+                let minimal = Vec::<u8>::try_from(&*d).unwrap();
+                let mut wide = vec![0u8; 8 - minimal.len()];
+                wide.extend_from_slice(&minimal);
+                *field = Value::Decimal(apache_avro::Decimal::from(wide));
+            }
+        }
+    }
+    let read = ChargeCommand::from_avro(written.resolve(ChargeCommand::schema()).unwrap()).unwrap();
+    assert_eq!(read, command);
+    assert!(!read.is_expired_at(from_micros(i64::MAX / 2).unwrap()));
+    let with_deadline = ChargeCommand { not_after: Some(from_micros(2_000).unwrap()), ..command };
+    assert!(
+        !with_deadline.is_expired_at(from_micros(2_000).unwrap()),
+        "the deadline itself is still in time"
+    );
+    assert!(with_deadline.is_expired_at(from_micros(2_001).unwrap()));
 }
 
 #[test]

@@ -127,6 +127,9 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::new("payments.timers", partitions).with_config("retention.ms", WEEK_MS),
         TopicSpec::new("payments.results", partitions).with_config("retention.ms", MONTH_MS),
         TopicSpec::new("payments.dlq", partitions).with_config("retention.ms", MONTH_MS),
+        TopicSpec::new("payments.provider-requests", partitions).with_config("retention.ms", WEEK_MS),
+        // Audited like the results: every discrepancy with the provider's ledger.
+        TopicSpec::new("payments.reconciliation", partitions).with_config("retention.ms", MONTH_MS),
     ]
 }
 
