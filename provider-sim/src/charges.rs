@@ -1,4 +1,5 @@
-//! `POST /v1/charges` and `GET /v1/charges/{key}`: taking charges, idempotently.
+//! `POST /v1/charges`, `GET /v1/charges/{key}` and `POST /v1/charges/{key}/void|refund`:
+//! taking, showing, voiding and refunding charges, idempotently.
 //!
 //! A charge carries `Idempotency-Key: <paymentId>` and a JSON body
 //! `{paymentId, amount, currency, description}` (amount a decimal string with exactly two
@@ -7,6 +8,18 @@
 //! schedules nothing; the same key with another body is `409`. An attempt answered `503`
 //! (a configured fault, or too many callbacks pending) takes nothing, so a retry with the
 //! same key may still succeed. Invalid requests are `400`/`422` and are not remembered.
+//!
+//! A taken charge is PENDING until its planned delay has passed, then SUCCEEDED (charged) or
+//! DECLINED, whenever its callback goes (or is lost). `GET` answers that as `charge` (and
+//! `charged: true` only for SUCCEEDED); a key never taken is `404` with `charge: NONE`.
+//! A **void** makes a key that holds no charge unchargeable for good: a later charge attempt with
+//! it gets a definite `410` (`/problems/charge-voided`); voiding a charged key is `409`
+//! `/problems/already-charged`, a pending one `409` `/problems/charge-pending` (ask again), a
+//! declined or refunded one answers 200 with that state (nothing is charged). A **refund** gives
+//! a charged key back (`200`, `charge: REFUNDED`); a key with nothing charged is `409`
+//! `/problems/not-charged`, a pending one `409` `/problems/charge-pending`. Both are idempotent:
+//! the same request again gets the same answer and changes nothing. Status queries, voids and
+//! refunds are answered `503` at the configured request fault rate, changing nothing.
 //!
 //! The store of keys is bounded ([`crate::SimConfig::charges_max`]); when it is full the
 //! oldest key is forgotten, and a charge repeated after that would be taken a second time.
@@ -28,7 +41,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::callbacks;
-use crate::decide::Plan;
+use crate::decide::{Operation, Plan, Verdict};
 use crate::server::Sim;
 
 /// The request header that names a charge.
@@ -144,22 +157,108 @@ pub(crate) enum Entry {
     /// Every attempt so far was answered 503; nothing was taken.
     Refused { attempts: u32 },
     /// Taken: the charge as first accepted and what was decided about it.
-    Accepted { charge: Charge, attempts: u32, plan: Plan, callbacks_delivered: u32 },
+    Accepted {
+        charge: Charge,
+        attempts: u32,
+        plan: Plan,
+        callbacks_delivered: u32,
+        /// When it was taken: the verdict holds from `accepted_at + plan.delay` on.
+        accepted_at: std::time::Instant,
+        /// Given back by a refund.
+        refunded: bool,
+    },
+    /// Voided before anything was charged: no charge with this key is ever taken.
+    Voided { attempts: u32 },
 }
 
-/// The idempotency store: keys in arrival order, bounded, oldest forgotten first.
+/// Where a key's charge stands, as `GET /v1/charges/{key}` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeState {
+    /// Never taken (or only refused with 503).
+    None,
+    /// Taken, the verdict not reached yet.
+    Pending,
+    /// Charged.
+    Succeeded,
+    /// Declined: nothing charged, and a replay of the charge changes nothing.
+    Declined,
+    /// Voided before any charge: can never be charged.
+    Voided,
+    /// Charged, then given back.
+    Refunded,
+}
+
+impl ChargeState {
+    /// The `charge` field of the answers.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Pending => "PENDING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Declined => "DECLINED",
+            Self::Voided => "VOIDED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+}
+
+impl Entry {
+    /// The charge's state at `now`.
+    pub(crate) fn state(&self, now: std::time::Instant) -> ChargeState {
+        match self {
+            Entry::Refused { .. } => ChargeState::None,
+            Entry::Voided { .. } => ChargeState::Voided,
+            Entry::Accepted { refunded: true, .. } => ChargeState::Refunded,
+            Entry::Accepted { plan, accepted_at, .. } if now < *accepted_at + plan.delay => ChargeState::Pending,
+            Entry::Accepted { plan, .. } => match plan.verdict {
+                Verdict::Succeeded => ChargeState::Succeeded,
+                Verdict::Failed => ChargeState::Declined,
+            },
+        }
+    }
+}
+
+/// The idempotency store: keys in arrival order, bounded, oldest forgotten first. A voided key
+/// is forgotten like any other: the bound must exceed the keys the saga may still verify.
 pub(crate) struct Store {
     entries: HashMap<String, Entry>,
     /// Keys in insertion order, for eviction; each key appears once.
     order: VecDeque<String>,
     /// Most keys kept.
     max: usize,
+    /// Attempts of status queries, voids and refunds per key (for their seeded 503s),
+    /// bounded like the entries.
+    requests: HashMap<(String, Operation), u32>,
+    /// Their keys in insertion order, for eviction.
+    requests_order: VecDeque<(String, Operation)>,
 }
 
 impl Store {
     pub(crate) fn new(max: usize) -> Self {
         assert!(max >= 1, "the configuration is validated");
-        Self { entries: HashMap::new(), order: VecDeque::new(), max }
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+            requests: HashMap::new(),
+            requests_order: VecDeque::new(),
+        }
+    }
+
+    /// Counts an attempt of `operation` on `key` and returns its number (1-based).
+    pub(crate) fn count_request(&mut self, key: &str, operation: Operation) -> u32 {
+        let id = (key.to_owned(), operation);
+        if let Some(attempts) = self.requests.get_mut(&id) {
+            *attempts = attempts.saturating_add(1);
+            return *attempts;
+        }
+        while self.requests.len() >= self.max {
+            let Some(oldest) = self.requests_order.pop_front() else { break };
+            self.requests.remove(&oldest);
+        }
+        self.requests.insert(id.clone(), 1);
+        self.requests_order.push_back(id);
+        1
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&Entry> {
@@ -203,6 +302,8 @@ enum Decision {
     Unavailable,
     /// 503 because every pending slot is taken.
     Overloaded,
+    /// 410: the key was voided; it can never be charged.
+    Voided,
 }
 
 /// `POST /v1/charges`.
@@ -250,6 +351,11 @@ pub(crate) async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, body
             sim.metrics.charge("overloaded");
             problem(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many charges pending; retry later")
         }
+        Decision::Voided => {
+            sim.metrics.charge("voided");
+            tracing::info!(key = %key, "charge refused: the key is voided");
+            problem(StatusCode::GONE, "charge-voided", "this key was voided; it can never be charged")
+        }
     }
 }
 
@@ -263,6 +369,10 @@ fn decide(sim: &Sim, key: &str, charge: &Charge) -> Decision {
             *attempts = attempts.saturating_add(1);
             return if first == charge { Decision::Replay } else { Decision::Conflict };
         }
+        Some(Entry::Voided { attempts }) => {
+            *attempts = attempts.saturating_add(1);
+            return Decision::Voided;
+        }
         Some(Entry::Refused { attempts }) => attempts.saturating_add(1),
         None => 1,
     };
@@ -275,7 +385,15 @@ fn decide(sim: &Sim, key: &str, charge: &Charge) -> Decision {
         return Decision::Overloaded;
     };
     let plan = sim.config.rates.plan(key);
-    store.put(key, Entry::Accepted { charge: charge.clone(), attempts, plan, callbacks_delivered: 0 });
+    let entry = Entry::Accepted {
+        charge: charge.clone(),
+        attempts,
+        plan,
+        callbacks_delivered: 0,
+        accepted_at: std::time::Instant::now(),
+        refunded: false,
+    };
+    store.put(key, entry);
     Decision::Accept(plan, slot)
 }
 
@@ -298,17 +416,85 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
     (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
 }
 
-/// `GET /v1/charges/{key}`: what the simulator decided and did, for people and tests.
+fn problem_with_state(status: StatusCode, slug: &str, detail: &str, key: &str, state: ChargeState) -> Response {
+    let body = json!({
+        "type": format!("/problems/{slug}"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "key": key,
+        "charge": state.symbol(),
+        "charged": state == ChargeState::Succeeded,
+    });
+    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+fn answer(key: &str, state: ChargeState) -> Response {
+    Json(json!({ "key": key, "charge": state.symbol(), "charged": state == ChargeState::Succeeded }))
+        .into_response()
+}
+
+/// Locks the store; a panic while holding the lock leaves a consistent map (every change is one
+/// statement), so a poisoned lock is used as it is.
+fn lock(sim: &Sim) -> std::sync::MutexGuard<'_, Store> {
+    sim.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Validates a key from the path; `Err` is the 400 to answer.
+fn path_key(key: &str) -> Result<&str, Response> {
+    let key = key.trim();
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(problem(StatusCode::BAD_REQUEST, "invalid-key", "the key must be 1 to 255 bytes"));
+    }
+    Ok(key)
+}
+
+/// The 503 of a seeded request fault, if this attempt draws one (counting it either way).
+fn request_fault(sim: &Sim, store: &mut Store, key: &str, operation: Operation) -> Option<Response> {
+    let attempt = store.count_request(key, operation);
+    if !sim.config.rates.request_fails(key, operation, attempt) {
+        return None;
+    }
+    sim.metrics.request(operation, "unavailable");
+    Some(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage; nothing changed, retry"))
+}
+
+/// `GET /v1/charges/{key}`: where the charge stands (`charge`, `charged`), plus what the simulator
+/// decided and did, for people and tests.
 pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
-    let store = sim.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    match store.get(&key) {
-        None => problem(StatusCode::NOT_FOUND, "not-found", "no charge with this key is remembered"),
-        Some(Entry::Refused { attempts }) => {
-            Json(json!({ "key": key, "state": "REFUSED", "attempts": attempts })).into_response()
-        }
-        Some(Entry::Accepted { charge, attempts, plan, callbacks_delivered }) => Json(json!({
+    let key = match path_key(&key) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
+    let mut store = lock(&sim);
+    if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Status) {
+        return unavailable;
+    }
+    let now = std::time::Instant::now();
+    let state = store.get(key).map_or(ChargeState::None, |entry| entry.state(now));
+    sim.metrics.request(Operation::Status, state.symbol());
+    let charged = state == ChargeState::Succeeded;
+    match store.get(key) {
+        None => problem_with_state(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no charge with this key is remembered",
+            key,
+            ChargeState::None,
+        ),
+        Some(Entry::Refused { attempts }) => Json(json!({
+            "key": key, "state": "REFUSED", "attempts": attempts, "charge": state.symbol(), "charged": charged,
+        }))
+        .into_response(),
+        Some(Entry::Voided { attempts }) => Json(json!({
+            "key": key, "state": "VOIDED", "refusedAttempts": attempts, "charge": state.symbol(), "charged": charged,
+        }))
+        .into_response(),
+        Some(Entry::Accepted { charge, attempts, plan, callbacks_delivered, refunded, .. }) => Json(json!({
             "key": key,
             "state": "ACCEPTED",
+            "charge": state.symbol(),
+            "charged": charged,
+            "refunded": refunded,
             "paymentId": charge.payment_id,
             "amount": charge.amount.to_string(),
             "currency": charge.currency,
@@ -319,6 +505,101 @@ pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -
             "callbacksDelivered": callbacks_delivered,
         }))
         .into_response(),
+    }
+}
+
+/// `POST /v1/charges/{key}/void`: makes a key that holds no charge unchargeable for good.
+pub(crate) async fn void(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
+    let key = match path_key(&key) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
+    let mut store = lock(&sim);
+    if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Void) {
+        return unavailable;
+    }
+    let state = store.get(key).map_or(ChargeState::None, |entry| entry.state(std::time::Instant::now()));
+    sim.metrics.request(Operation::Void, state.symbol());
+    match state {
+        ChargeState::None => {
+            store.put(key, Entry::Voided { attempts: 0 });
+            tracing::info!(key, "key voided: it can never be charged");
+            answer(key, ChargeState::Voided)
+        }
+        ChargeState::Voided | ChargeState::Declined | ChargeState::Refunded => answer(key, state),
+        ChargeState::Pending => problem_with_state(
+            StatusCode::CONFLICT,
+            "charge-pending",
+            "the charge is being processed; ask again",
+            key,
+            state,
+        ),
+        ChargeState::Succeeded => problem_with_state(
+            StatusCode::CONFLICT,
+            "already-charged",
+            "the key is already charged; refund it instead",
+            key,
+            state,
+        ),
+    }
+}
+
+/// The optional body of `POST /v1/charges/{key}/refund`: when given, it must name the charge.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RefundBody {
+    amount: String,
+    currency: String,
+}
+
+/// `POST /v1/charges/{key}/refund`: gives a charge back, in full.
+pub(crate) async fn refund(State(sim): State<Arc<Sim>>, Path(key): Path<String>, body: Bytes) -> Response {
+    let key = match path_key(&key) {
+        Ok(key) => key,
+        Err(refused) => return refused,
+    };
+    let asked = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<RefundBody>(&body) {
+            Ok(asked) => Some(asked),
+            Err(error) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "malformed-refund", &error.to_string()),
+        }
+    };
+    let mut store = lock(&sim);
+    if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Refund) {
+        return unavailable;
+    }
+    let state = store.get(key).map_or(ChargeState::None, |entry| entry.state(std::time::Instant::now()));
+    sim.metrics.request(Operation::Refund, state.symbol());
+    if let (Some(asked), Some(Entry::Accepted { charge, .. })) = (&asked, store.get(key)) {
+        if parse_amount(&asked.amount) != Some(charge.amount) || asked.currency != charge.currency {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "refund-mismatch", "the refund must be the whole charge");
+        }
+    }
+    match state {
+        ChargeState::Succeeded => {
+            if let Some(Entry::Accepted { refunded, .. }) = store.get_mut(key) {
+                *refunded = true;
+            }
+            tracing::info!(key, "charge refunded");
+            answer(key, ChargeState::Refunded)
+        }
+        ChargeState::Refunded => answer(key, state),
+        ChargeState::Pending => problem_with_state(
+            StatusCode::CONFLICT,
+            "charge-pending",
+            "the charge is being processed; ask again",
+            key,
+            state,
+        ),
+        ChargeState::None | ChargeState::Declined | ChargeState::Voided => problem_with_state(
+            StatusCode::CONFLICT,
+            "not-charged",
+            "nothing is charged with this key; nothing to refund",
+            key,
+            state,
+        ),
     }
 }
 
@@ -366,11 +647,40 @@ mod tests {
         let (_, charge) = validate(Some(ID), body("1.00", "RUB").as_bytes()).unwrap();
         store.put("a", Entry::Refused { attempts: 1 });
         store.put("b", Entry::Refused { attempts: 1 });
-        store.put("a", Entry::Accepted { charge, attempts: 2, plan, callbacks_delivered: 0 });
+        let accepted_at = std::time::Instant::now();
+        store.put(
+            "a",
+            Entry::Accepted { charge, attempts: 2, plan, callbacks_delivered: 0, accepted_at, refunded: false },
+        );
         assert_eq!(store.len(), 2, "updating a key adds nothing");
         store.put("c", Entry::Refused { attempts: 1 });
         assert_eq!(store.len(), 2);
         assert!(store.get("a").is_none(), "the oldest key goes first");
         assert!(store.get("b").is_some() && store.get("c").is_some());
+        assert_eq!((store.count_request("a", Operation::Void), store.count_request("a", Operation::Void)), (1, 2));
+        store.count_request("b", Operation::Void);
+        store.count_request("c", Operation::Void);
+        assert_eq!(store.count_request("a", Operation::Void), 1, "request counts are bounded too");
+    }
+
+    #[test]
+    fn a_charge_is_pending_until_its_verdict_then_charged_or_declined() {
+        let (_, charge) = validate(Some(ID), body("1.00", "RUB").as_bytes()).unwrap();
+        let at = std::time::Instant::now();
+        let delay = Duration::from_secs(2);
+        let entry = |verdict, refunded| Entry::Accepted {
+            charge: charge.clone(),
+            attempts: 1,
+            plan: Plan { verdict, delay, fate: Fate::Lost },
+            callbacks_delivered: 0,
+            accepted_at: at,
+            refunded,
+        };
+        assert_eq!(entry(Verdict::Succeeded, false).state(at), ChargeState::Pending);
+        assert_eq!(entry(Verdict::Succeeded, false).state(at + delay), ChargeState::Succeeded);
+        assert_eq!(entry(Verdict::Failed, false).state(at + delay), ChargeState::Declined);
+        assert_eq!(entry(Verdict::Succeeded, true).state(at), ChargeState::Refunded);
+        assert_eq!(Entry::Refused { attempts: 3 }.state(at), ChargeState::None);
+        assert_eq!(Entry::Voided { attempts: 0 }.state(at), ChargeState::Voided);
     }
 }

@@ -27,6 +27,8 @@ pub const DEFAULT_REORDER_RATE: f64 = 0.02;
 pub const DEFAULT_LOST_RATE: f64 = 0.01;
 /// Share of charge attempts answered 503 (the charge is then not taken).
 pub const DEFAULT_CHARGE_5XX_RATE: f64 = 0.02;
+/// Share of status queries, voids and refunds answered 503 (nothing changes).
+pub const DEFAULT_REQUEST_5XX_RATE: f64 = 0.02;
 /// How long after the first callback the second one of a duplicate or reordered pair goes.
 pub const DEFAULT_SECOND_CALLBACK_DELAY_MS: u64 = 1_000;
 /// Idempotency entries kept; the oldest is forgotten first.
@@ -89,6 +91,9 @@ pub struct Args {
     /// The first N attempts of every idempotency key are answered 503 (scripted flakiness).
     #[arg(long, env = "PAYSTREAM_PROVIDER_SIM_CHARGE_5XX_FIRST", default_value_t = 0)]
     pub charge_5xx_first: u32,
+    /// Share of status queries, voids and refunds answered 503 without changing anything.
+    #[arg(long, env = "PAYSTREAM_PROVIDER_SIM_REQUEST_5XX_RATE", default_value_t = DEFAULT_REQUEST_5XX_RATE)]
+    pub request_5xx_rate: f64,
     /// Delay between the two callbacks of a duplicate or reordered pair.
     #[arg(
         long,
@@ -188,6 +193,7 @@ impl SimConfig {
                 lost_rate: 0.0,
                 charge_5xx_rate: 0.0,
                 charge_5xx_first: 0,
+                request_5xx_rate: 0.0,
             },
             second_callback_delay: Duration::from_millis(50),
             charges_max: DEFAULT_CHARGES_MAX,
@@ -210,6 +216,7 @@ impl SimConfig {
             ("reorder rate", r.reorder_rate),
             ("lost rate", r.lost_rate),
             ("charge 5xx rate", r.charge_5xx_rate),
+            ("request 5xx rate", r.request_5xx_rate),
         ] {
             // `contains` is false for NaN, so a NaN is refused too.
             if !(0.0..=1.0).contains(&value) {
@@ -286,6 +293,7 @@ impl Args {
                 lost_rate: self.lost_rate,
                 charge_5xx_rate: self.charge_5xx_rate,
                 charge_5xx_first: self.charge_5xx_first,
+                request_5xx_rate: self.request_5xx_rate,
             },
             second_callback_delay: Duration::from_millis(self.second_callback_delay_ms),
             charges_max: self.charges_max,

@@ -92,11 +92,49 @@ pub struct Rates {
     pub charge_5xx_rate: f64,
     /// The first attempts of every key answered 503 regardless of the rate.
     pub charge_5xx_first: u32,
+    /// Probability that a status query, void or refund is answered 503 (nothing changes).
+    pub request_5xx_rate: f64,
+}
+
+/// The requests about an existing key, besides the charge itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `GET /v1/charges/{key}`.
+    Status,
+    /// `POST /v1/charges/{key}/void`.
+    Void,
+    /// `POST /v1/charges/{key}/refund`.
+    Refund,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Self; 3] = [Self::Status, Self::Void, Self::Refund];
+
+    /// The `request` label of the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Void => "void",
+            Self::Refund => "refund",
+        }
+    }
+
+    fn stream(self) -> u64 {
+        match self {
+            Self::Status => STREAM_STATUS_ATTEMPT,
+            Self::Void => STREAM_VOID_ATTEMPT,
+            Self::Refund => STREAM_REFUND_ATTEMPT,
+        }
+    }
 }
 
 /// Streams of the per-key RNG, so two decisions about one key never share draws.
 const STREAM_PLAN: u64 = 0;
 const STREAM_CHARGE_ATTEMPT: u64 = 1 << 32;
+const STREAM_STATUS_ATTEMPT: u64 = 2 << 32;
+const STREAM_VOID_ATTEMPT: u64 = 3 << 32;
+const STREAM_REFUND_ATTEMPT: u64 = 4 << 32;
 
 impl Rates {
     /// The plan for the charge with idempotency key `key`.
@@ -123,6 +161,11 @@ impl Rates {
             return true;
         }
         rng_for(self.seed, key, STREAM_CHARGE_ATTEMPT + u64::from(attempt)).random_bool(self.charge_5xx_rate)
+    }
+
+    /// Whether attempt `attempt` (1-based) of `operation` on `key` is answered 503.
+    pub fn request_fails(&self, key: &str, operation: Operation, attempt: u32) -> bool {
+        rng_for(self.seed, key, operation.stream() + u64::from(attempt)).random_bool(self.request_5xx_rate)
     }
 }
 
@@ -166,6 +209,7 @@ mod tests {
             lost_rate: 0.02,
             charge_5xx_rate: 0.2,
             charge_5xx_first: 0,
+            request_5xx_rate: 0.3,
         }
     }
 
@@ -229,6 +273,24 @@ mod tests {
             ..rates(1)
         };
         assert!(keys(100).iter().all(|k| !never.charge_fails(k, 1) && never.plan(k).fate == Fate::Normal));
+    }
+
+    #[test]
+    fn request_faults_follow_their_rate_and_are_reproducible() {
+        const N: usize = 20_000;
+        let rates = rates(9);
+        for operation in Operation::ALL {
+            let fails = keys(N).iter().filter(|k| rates.request_fails(k, operation, 1)).count() as f64 / N as f64;
+            assert!((fails - 0.3).abs() < 0.01, "{operation:?}: {fails}");
+        }
+        let draws = |r: &Rates| -> Vec<bool> {
+            keys(50).iter().flat_map(|k| Operation::ALL.map(|o| r.request_fails(k, o, 2))).collect()
+        };
+        assert_eq!(draws(&rates), draws(&rates), "the same seed, the same answers");
+        let never = Rates { request_5xx_rate: 0.0, ..rates };
+        assert!(draws(&never).iter().all(|fails| !fails));
+        let always = Rates { request_5xx_rate: 1.0, ..rates };
+        assert!(draws(&always).iter().all(|fails| *fails));
     }
 
     #[test]

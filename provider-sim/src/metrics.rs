@@ -5,7 +5,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::decide::{Fate, Verdict};
+use crate::decide::{Fate, Operation, Verdict};
 
 /// Answers to `POST /v1/charges`, the `answer` label.
 pub const ANSWERS: &[&str] = &[
@@ -21,7 +21,14 @@ pub const ANSWERS: &[&str] = &[
     "unavailable",
     // 503 because too many callbacks are pending: not taken.
     "overloaded",
+    // 410: the key was voided, it is never charged.
+    "voided",
 ];
+
+/// What a status query, void or refund found (the charge's state), or `unavailable` (a 503),
+/// the `answer` label of the request counter.
+pub const REQUEST_ANSWERS: &[&str] =
+    &["NONE", "PENDING", "SUCCEEDED", "DECLINED", "VOIDED", "REFUNDED", "unavailable"];
 
 /// What became of a callback POST, the `result` label.
 pub const DELIVERIES: &[&str] = &["delivered", "refused", "gave-up", "abandoned"];
@@ -43,6 +50,8 @@ pub struct SimMetrics {
     callback_retries: IntCounter,
     /// Charges whose callbacks are still to be sent.
     pending: IntGauge,
+    /// Status queries, voids and refunds, by `request` and `answer`.
+    requests: IntCounterVec,
 }
 
 impl SimMetrics {
@@ -73,12 +82,25 @@ impl SimMetrics {
                 "paystream_provider_sim_callbacks_pending",
                 "Accepted charges whose callbacks are still to be sent.",
             )?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "paystream_provider_sim_requests_total",
+                    "Status queries, voids and refunds, by request and the charge state found (or unavailable).",
+                ),
+                &["request", "answer"],
+            )?,
         };
         registry.register(Box::new(metrics.charges.clone()))?;
         registry.register(Box::new(metrics.callbacks.clone()))?;
         registry.register(Box::new(metrics.deliveries.clone()))?;
         registry.register(Box::new(metrics.callback_retries.clone()))?;
         registry.register(Box::new(metrics.pending.clone()))?;
+        registry.register(Box::new(metrics.requests.clone()))?;
+        for operation in Operation::ALL {
+            for answer in REQUEST_ANSWERS {
+                metrics.requests.with_label_values(&[operation.label(), answer]);
+            }
+        }
         for answer in ANSWERS {
             metrics.charges.with_label_values(&[answer]);
         }
@@ -108,6 +130,15 @@ impl SimMetrics {
 
     pub(crate) fn delivery(&self, result: &str) {
         self.deliveries.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn request(&self, operation: Operation, answer: &str) {
+        self.requests.with_label_values(&[operation.label(), answer]).inc();
+    }
+
+    /// Requests of `operation` answered `answer` so far.
+    pub fn requests_total(&self, operation: Operation, answer: &str) -> u64 {
+        self.requests.with_label_values(&[operation.label(), answer]).get()
     }
 
     pub(crate) fn callback_retry(&self) {

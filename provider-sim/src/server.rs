@@ -58,6 +58,8 @@ fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/v1/charges", post(charges::create))
         .route("/v1/charges/{key}", get(charges::show))
+        .route("/v1/charges/{key}/void", post(charges::void))
+        .route("/v1/charges/{key}/refund", post(charges::refund))
         .route("/metrics", get(|State(sim): State<Arc<Sim>>| async move { sim.metrics.render() }))
         .route("/health", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -102,6 +104,7 @@ pub async fn serve(
         lost_rate = rates.lost_rate,
         charge_5xx_rate = rates.charge_5xx_rate,
         charge_5xx_first = rates.charge_5xx_first,
+        request_5xx_rate = rates.request_5xx_rate,
         "provider simulator serving"
     );
     axum::serve(listener, router(sim.clone())).with_graceful_shutdown(shutdown).await?;

@@ -16,7 +16,7 @@ use axum::Router;
 use chrono::Utc;
 use paystream_api::signature::{self, Verifier};
 use paystream_api::timestamp;
-use paystream_provider_sim::decide::{Fate, Verdict};
+use paystream_provider_sim::decide::{Fate, Operation, Verdict};
 use paystream_provider_sim::{SimConfig, SimMetrics};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -329,4 +329,124 @@ async fn shutdown_drains_pending_callbacks() {
     assert_eq!(receiver.callbacks().len(), 1, "the pending callback went out before serve returned");
     assert_eq!(metrics.deliveries_total("delivered"), 1);
     assert_eq!(metrics.pending_total(), 0);
+}
+
+async fn act(sim: &Simulator, key: &str, action: &str, body: Option<&Value>) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new().post(format!("{}/v1/charges/{key}/{action}", sim.base_url));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("the simulator answers");
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+async fn status(sim: &Simulator, key: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{}/v1/charges/{key}", sim.base_url)).await.unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    (status, response.json().await.unwrap())
+}
+
+/// Waits until `key`'s charge has left PENDING, and returns its state.
+async fn decided(sim: &Simulator, key: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, view) = status(sim, key).await;
+        if view["charge"] != "PENDING" {
+            return view;
+        }
+        assert!(started.elapsed() < WAIT, "{key} still pending after {WAIT:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The status says charged / not charged / pending; a void makes an uncharged key unchargeable
+/// for good (a later charge gets a definite 410) and is refused on a charged key; a refund gives
+/// a charged key back; each is idempotent.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_void_and_refund_are_definite_and_idempotent() {
+    let receiver = Receiver::start(0).await;
+    let mut config = SimConfig::reliable(&receiver.url, SECRET, 5);
+    config.rates.delay_min = Duration::from_millis(300);
+    config.rates.delay_max = Duration::from_millis(300);
+    let sim = Simulator::start(config).await;
+
+    // Never charged: 404 NONE; voided (twice, the same answer); a charge is then refused for good.
+    let voided = Uuid::new_v4();
+    let key = voided.to_string();
+    let (code, view) = status(&sim, &key).await;
+    assert_eq!((code, &view["charge"], &view["charged"]), (StatusCode::NOT_FOUND, &json!("NONE"), &json!(false)));
+    let first = act(&sim, &key, "void", None).await;
+    assert_eq!((first.0, &first.1["charge"]), (StatusCode::OK, &json!("VOIDED")), "{:?}", first.1);
+    assert_eq!(act(&sim, &key, "void", None).await, first, "a void again: the same answer");
+    for _ in 0..2 {
+        let (code, refused) = charge(&sim, &key, &charge_body(voided, "3.00")).await;
+        assert_eq!((code, refused["type"].as_str()), (StatusCode::GONE, Some("/problems/charge-voided")));
+    }
+    assert_eq!(status(&sim, &key).await.1["charge"], "VOIDED");
+    let (code, nothing) = act(&sim, &key, "refund", None).await;
+    assert_eq!((code, nothing["type"].as_str()), (StatusCode::CONFLICT, Some("/problems/not-charged")));
+    assert_eq!(sim.metrics.charges_total("voided"), 2);
+    assert_eq!(sim.metrics.charges_total("accepted"), 0, "nothing was ever taken for the voided key");
+
+    // Charged: pending first (a void is refused as pending), then charged (refused as already
+    // charged); refunded (twice, the same answer).
+    let charged = Uuid::new_v4();
+    let key = charged.to_string();
+    assert_eq!(charge(&sim, &key, &charge_body(charged, "4.20")).await.0, StatusCode::ACCEPTED);
+    assert_eq!(status(&sim, &key).await.1["charge"], "PENDING");
+    let (code, pending) = act(&sim, &key, "void", None).await;
+    assert_eq!((code, pending["type"].as_str()), (StatusCode::CONFLICT, Some("/problems/charge-pending")));
+    let view = decided(&sim, &key).await;
+    assert_eq!((&view["charge"], &view["charged"]), (&json!("SUCCEEDED"), &json!(true)), "{view}");
+    let (code, refused) = act(&sim, &key, "void", None).await;
+    assert_eq!((code, refused["type"].as_str()), (StatusCode::CONFLICT, Some("/problems/already-charged")));
+    assert_eq!(refused["charged"], true);
+    let mismatch = act(&sim, &key, "refund", Some(&json!({"amount": "1.00", "currency": "RUB"}))).await;
+    assert_eq!(mismatch.0, StatusCode::UNPROCESSABLE_ENTITY, "a refund is of the whole charge");
+    let whole = json!({"amount": "4.20", "currency": "RUB"});
+    let refunded = act(&sim, &key, "refund", Some(&whole)).await;
+    assert_eq!((refunded.0, &refunded.1["charge"]), (StatusCode::OK, &json!("REFUNDED")));
+    assert_eq!(act(&sim, &key, "refund", Some(&whole)).await, refunded, "a refund again: the same answer");
+    let view = status(&sim, &key).await.1;
+    assert_eq!((&view["charge"], &view["charged"], &view["refunded"]), (&json!("REFUNDED"), &json!(false), &json!(true)));
+
+    // Declined: nothing charged; a void answers so, and the key stays unchargeable (a replay).
+    let declining = {
+        let mut config = SimConfig::reliable(&receiver.url, SECRET, 6);
+        config.rates.success_ratio = 0.0;
+        Simulator::start(config).await
+    };
+    let declined = Uuid::new_v4();
+    let key = declined.to_string();
+    assert_eq!(charge(&declining, &key, &charge_body(declined, "1.00")).await.0, StatusCode::ACCEPTED);
+    assert_eq!(decided(&declining, &key).await["charge"], "DECLINED");
+    let (code, view) = act(&declining, &key, "void", None).await;
+    assert_eq!((code, &view["charge"]), (StatusCode::OK, &json!("DECLINED")));
+    sim.wait_idle().await;
+    declining.wait_idle().await;
+    let voids = |found| sim.metrics.requests_total(Operation::Void, found);
+    assert_eq!((voids("NONE"), voids("VOIDED"), voids("PENDING"), voids("SUCCEEDED")), (1, 1, 1, 1));
+    sim.stop().await;
+    declining.stop().await;
+}
+
+/// Status queries, voids and refunds fail at their seeded 5xx rate without changing anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_faults_answer_503_and_change_nothing() {
+    let receiver = Receiver::start(0).await;
+    let mut config = SimConfig::reliable(&receiver.url, SECRET, 7);
+    config.rates.request_5xx_rate = 1.0;
+    let sim = Simulator::start(config).await;
+    let id = Uuid::new_v4();
+    let key = id.to_string();
+    for action in ["void", "refund"] {
+        let (code, problem) = act(&sim, &key, action, None).await;
+        assert_eq!((code, problem["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("/problems/unavailable")));
+    }
+    assert_eq!(status(&sim, &key).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(charge(&sim, &key, &charge_body(id, "2.00")).await.0, StatusCode::ACCEPTED, "the void took nothing");
+    sim.wait_idle().await;
+    assert_eq!(receiver.callbacks().len(), 1);
+    sim.stop().await;
 }
