@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use paystream_processors::dispatcher;
 use paystream_processors::saga::codec::RegistryCodec;
-use paystream_processors::saga::processor::{self, SagaMetrics, SagaSettings, SagaTopics};
+use paystream_processors::saga::deadline::{self, DispatchBudget, TIMEOUT_MARGIN};
+use paystream_processors::saga::processor::{self, defaults, SagaMetrics, SagaSettings, SagaTopics};
 use paystream_processors::saga::timers;
 use paystream_schemas::EventCodec;
 use paystream_stack::StackSettings;
@@ -36,12 +38,32 @@ pub struct Common {
 pub struct SagaArgs {
     #[command(flatten)]
     common: Common,
-    /// How long a payment waits for the provider's verdict before FAILED_TIMEOUT.
-    #[arg(long, env = "PAYSTREAM_PAYMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    /// How long a payment waits for the provider's verdict before the saga verifies it with the
+    /// provider (status query, then void → FAILED_TIMEOUT if it holds no charge). Must exceed the
+    /// dispatch budget plus a 10 s margin.
+    #[arg(long, env = "PAYSTREAM_PAYMENT_TIMEOUT_MS", default_value_t = defaults::PAYMENT_TIMEOUT_MS)]
     payment_timeout_ms: u64,
     /// How long a callback that arrived before its payment is kept.
-    #[arg(long, env = "PAYSTREAM_CALLBACK_RETENTION_MS", default_value_t = 600_000)]
+    #[arg(long, env = "PAYSTREAM_CALLBACK_RETENTION_MS", default_value_t = defaults::CALLBACK_RETENTION_MS)]
     callback_retention_ms: u64,
+    /// The dispatcher's attempts per command (the same setting as `paystream dispatch`'s).
+    #[arg(long, env = "PAYSTREAM_DISPATCH_ATTEMPTS_MAX", default_value_t = dispatcher::backoff::ATTEMPTS_MAX)]
+    dispatch_attempts_max: u32,
+    /// The dispatcher's budget of one attempt (the same setting as `paystream dispatch`'s).
+    #[arg(long, env = "PAYSTREAM_DISPATCH_REQUEST_TIMEOUT_MS", default_value_t = dispatcher::REQUEST_TIMEOUT_MS)]
+    dispatch_request_timeout_ms: u64,
+    /// The dispatcher's longest pause between attempts (the same setting as `paystream dispatch`'s).
+    #[arg(long, env = "PAYSTREAM_DISPATCH_BACKOFF_MAX_MS", default_value_t = dispatcher::backoff::BACKOFF_MAX_MS)]
+    dispatch_backoff_max_ms: u64,
+    /// First pause before asking the provider again after an answer without a decision.
+    #[arg(long, env = "PAYSTREAM_VERIFY_BACKOFF_INITIAL_MS", default_value_t = defaults::VERIFY_BACKOFF_INITIAL_MS)]
+    verify_backoff_initial_ms: u64,
+    /// Longest pause between two attempts to verify.
+    #[arg(long, env = "PAYSTREAM_VERIFY_BACKOFF_MAX_MS", default_value_t = defaults::VERIFY_BACKOFF_MAX_MS)]
+    verify_backoff_max_ms: u64,
+    /// Answers without a decision after which `paystream_saga_verification_overdue_total` alerts.
+    #[arg(long, env = "PAYSTREAM_VERIFY_ROUNDS_ALERT", default_value_t = defaults::VERIFY_ROUNDS_ALERT)]
+    verify_rounds_alert: u32,
     /// Where to serve Prometheus metrics (`/metrics`).
     #[arg(long, env = "PAYSTREAM_SAGA_METRICS_LISTEN", default_value = "127.0.0.1:9103")]
     metrics_listen: SocketAddr,
@@ -85,13 +107,36 @@ async fn run_streams(
     Ok(())
 }
 
+/// The saga's settings from its flags; refuses a payment timeout the dispatcher could outlast.
+fn saga_settings(args: &SagaArgs) -> anyhow::Result<SagaSettings> {
+    let ms = Duration::from_millis;
+    let payment_timeout = ms(args.payment_timeout_ms);
+    let budget = DispatchBudget {
+        attempts_max: args.dispatch_attempts_max,
+        request_timeout: ms(args.dispatch_request_timeout_ms),
+        backoff_max: ms(args.dispatch_backoff_max_ms),
+    };
+    let charge_deadline = deadline::charge_deadline(payment_timeout, budget, TIMEOUT_MARGIN)
+        .context("refusing the saga's timeout settings")?;
+    Ok(SagaSettings {
+        payment_timeout,
+        charge_deadline,
+        callback_retention: ms(args.callback_retention_ms),
+        verify_backoff_initial: ms(args.verify_backoff_initial_ms),
+        verify_backoff_max: ms(args.verify_backoff_max_ms),
+        verify_rounds_alert: args.verify_rounds_alert,
+    })
+}
+
 pub async fn run_saga(settings: &StackSettings, args: SagaArgs) -> anyhow::Result<()> {
+    let saga_settings = saga_settings(&args)?;
     let registry = prometheus::Registry::new();
     let metrics = SagaMetrics::new(&registry)?;
-    let saga_settings = SagaSettings {
-        payment_timeout: Duration::from_millis(args.payment_timeout_ms),
-        callback_retention: Duration::from_millis(args.callback_retention_ms),
-    };
+    tracing::info!(
+        payment_timeout_ms = args.payment_timeout_ms,
+        charge_deadline_ms = saga_settings.charge_deadline.as_millis() as u64,
+        "timeouts checked against the dispatch budget"
+    );
     let topology = processor::topology(codec(settings)?, saga_settings, metrics, &SagaTopics::default())?;
     tracing::info!(application_id = SAGA_APPLICATION_ID, "running the payment saga");
     run_streams(topology, config(settings, SAGA_APPLICATION_ID, &args.common), args.metrics_listen, registry)
@@ -103,4 +148,38 @@ pub async fn run_timers(settings: &StackSettings, args: TimersArgs) -> anyhow::R
     tracing::info!(application_id = TIMERS_APPLICATION_ID, "running the timer processor");
     let config = config(settings, TIMERS_APPLICATION_ID, &args.common);
     run_streams(topology, config, args.metrics_listen, prometheus::Registry::new()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SagaArgs,
+    }
+
+    fn settings(argv: &[&str]) -> anyhow::Result<SagaSettings> {
+        let mut all = vec!["saga"];
+        all.extend_from_slice(argv);
+        saga_settings(&Cli::try_parse_from(all).expect("the command line parses").args)
+    }
+
+    #[test]
+    fn the_defaults_pass_the_check_and_a_short_timeout_is_refused() {
+        let defaults = settings(&[]).unwrap();
+        assert_eq!(defaults.payment_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.charge_deadline, Duration::from_secs(45));
+        let refused = settings(&["--payment-timeout-ms", "30000"]).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("not longer than the dispatch budget 40000 ms"),
+            "{refused:#}"
+        );
+        let fewer_attempts =
+            settings(&["--payment-timeout-ms", "30000", "--dispatch-attempts-max", "2"]).unwrap();
+        assert_eq!(fewer_attempts.charge_deadline, Duration::from_secs(15));
+    }
 }

@@ -259,6 +259,7 @@ fn command(currency: &str) -> ChargeCommand {
         currency: currency.to_owned(),
         description: "dispatcher test".to_owned(),
         issued_at: time::now(),
+        not_after: None,
     }
 }
 

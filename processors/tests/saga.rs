@@ -10,8 +10,8 @@ use paystream_processors::saga::codec::RegistryCodec;
 use paystream_processors::saga::processor::{self, SagaMetrics, SagaSettings, SagaTopics};
 use paystream_processors::saga::timers;
 use paystream_schemas::events::{
-    DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus,
-    ProviderCallbackReceived, ProviderStatus, TimerChange, TimerEvent,
+    DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus, ProviderAction,
+    ProviderCallbackReceived, ProviderRequest, ProviderStatus, TimerChange, TimerEvent,
 };
 use paystream_schemas::money::Amount;
 use paystream_schemas::{Event, EventCodec};
@@ -62,7 +62,9 @@ impl Stack {
             &topics.outcomes,
             &topics.timers,
             &topics.commands,
+            &topics.requests,
             &topics.results,
+            &topics.reconciliation,
         ]
         .into_iter()
         .map(|t| TopicSpec::new(t.clone(), 3))
@@ -99,7 +101,11 @@ impl Stack {
             EventCodec::new(&self.settings.schema_registry_url).unwrap(),
             tokio::runtime::Handle::current(),
         );
-        let settings = SagaSettings { payment_timeout, callback_retention: Duration::from_secs(60) };
+        let settings = SagaSettings {
+            payment_timeout,
+            callback_retention: Duration::from_secs(60),
+            ..SagaSettings::default()
+        };
         let topology = processor::topology(codec, settings, metrics, &self.topics).unwrap();
         let config = self.config("saga", self.state.path());
         running(tokio::task::spawn_blocking(move || Streams::start(topology, config)).await.unwrap().unwrap())
@@ -147,6 +153,28 @@ impl Stack {
         results
     }
 
+    /// Plays the dispatcher for a verification the provider answers "no charge": the saga's
+    /// status query (its first provider request) is answered NOT_CHARGED, then its void VOIDED.
+    /// A timed-out payment gets its FAILED_TIMEOUT only after that.
+    async fn confirm_no_charge(&self, id: Uuid) {
+        for (n, answer) in [(1, DispatchResult::NotCharged), (2, DispatchResult::Voided)] {
+            let issued = self.records_for(&self.topics.requests, id, n);
+            assert!(issued.len() >= n, "request {n} of {id} was not issued");
+            let request =
+                self.codec.decode::<ProviderRequest>(issued[n - 1].value.as_deref().unwrap()).await.unwrap();
+            assert_eq!(request.action.label(), if n == 1 { "status" } else { "void" }, "{request:?}");
+            let outcome = DispatchOutcome {
+                command_id: request.request_id,
+                payment_id: id,
+                outcome: answer,
+                attempts: 1,
+                detail: format!("provider: {}", answer.symbol()),
+                decided_at: Utc::now(),
+            };
+            self.send(&self.topics.outcomes, id, &outcome).await;
+        }
+    }
+
     async fn cleanup(&self) {
         let t = &self.topics;
         let dlq = format!("{}.dlq", t.initiated.trim_end_matches(".initiated"));
@@ -158,7 +186,9 @@ impl Stack {
             &t.outcomes,
             &t.timers,
             &t.commands,
+            &t.requests,
             &t.results,
+            &t.reconciliation,
             &dlq,
             &saga_changelog,
             &timers_changelog,
@@ -245,6 +275,9 @@ async fn the_timer_fires_within_tolerance_and_a_late_callback_changes_nothing() 
     let (saga, timers) = (stack.start_saga().await, stack.start_timers(timer_state.path()).await);
     let id = Uuid::new_v4();
     stack.send(&stack.topics.initiated, id, &initiated(id)).await;
+    // The timer makes the saga ask the provider; it fails the payment only once a void confirms
+    // that the provider holds no charge.
+    stack.confirm_no_charge(id).await;
     let results = stack.results_for(id, 1).await;
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].status, PaymentResultStatus::FailedTimeout);
@@ -289,6 +322,7 @@ async fn a_timer_survives_the_loss_of_its_processor() {
     assert!(stack.results_for_nothing_yet(id).await, "no result while no timer processor runs");
     let second = tempfile::tempdir().unwrap();
     let timers = stack.start_timers(second.path()).await;
+    stack.confirm_no_charge(id).await;
     let results = stack.results_for(id, 1).await;
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].status, PaymentResultStatus::FailedTimeout);
@@ -341,6 +375,7 @@ async fn child_saga_process() {
     let saga_settings = SagaSettings {
         payment_timeout: Duration::from_secs(3600),
         callback_retention: Duration::from_secs(60),
+        ..SagaSettings::default()
     };
     let topology = processor::topology(codec, saga_settings, metrics, &topics).unwrap();
     let mut config = StreamsConfig::new(
@@ -464,7 +499,7 @@ async fn a_provider_failure_fails_and_a_callback_before_its_payment_is_applied_w
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dispatch_that_exhausts_its_retries_fails_the_payment_once() {
+async fn a_dispatch_that_exhausts_its_retries_is_verified_and_fails_once() {
     let stack = Stack::new().await;
     let saga = stack.start_saga_with(SURVIVAL_TIMEOUT).await;
     let id = Uuid::new_v4();
@@ -473,7 +508,7 @@ async fn a_dispatch_that_exhausts_its_retries_fails_the_payment_once() {
     // topics: without waiting, the outcome could be read first and would be illegal).
     stack.records_for(&stack.topics.commands, id, 1);
     let exhausted = DispatchOutcome {
-        command_id: Uuid::new_v4(),
+        command_id: processor::charge_command_id(id),
         payment_id: id,
         outcome: DispatchResult::RetriesExhausted,
         attempts: 6,
@@ -483,9 +518,14 @@ async fn a_dispatch_that_exhausts_its_retries_fails_the_payment_once() {
     stack.send(&stack.topics.outcomes, id, &exhausted).await;
     // A redelivered outcome (the dispatcher is at-least-once) changes nothing.
     stack.send(&stack.topics.outcomes, id, &exhausted).await;
+    stack.confirm_no_charge(id).await;
     let results = stack.results_for(id, 1).await;
     assert_eq!(results.iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Failed]);
-    assert_eq!(results[0].reason, "503 Service Unavailable");
+    assert!(results[0].reason.starts_with("503 Service Unavailable; the provider holds no charge"), "{}", results[0].reason);
+    let requests = stack.records_for(&stack.topics.requests, id, 2);
+    assert_eq!(requests.len(), 2, "one status query and one void, despite the redelivered outcome");
+    let void = stack.codec.decode::<ProviderRequest>(requests[1].value.as_deref().unwrap()).await.unwrap();
+    assert!(matches!(void.action, ProviderAction::Void { .. }));
     saga.close().unwrap();
     stack.cleanup().await;
 }

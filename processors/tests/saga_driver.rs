@@ -9,8 +9,9 @@ use paystream_processors::saga::processor::{
 };
 use paystream_processors::saga::timers;
 use paystream_schemas::events::{
-    topics, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus,
-    ProviderCallbackReceived, ProviderStatus, TimerChange, TimerEvent, TimerKind,
+    topics, Discrepancy, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus,
+    ProviderAction, ProviderCallbackReceived, ProviderRequest, ProviderStatus, ReconciliationEvent, Remedy,
+    TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
 use paystream_topology::{ErrorPolicy, TopologyTestDriver};
@@ -23,10 +24,12 @@ fn at(ms: i64) -> DateTime<Utc> {
 }
 
 fn saga() -> (TopologyTestDriver<Uuid, SagaEvent>, SagaMetrics) {
+    saga_with(SagaSettings::default())
+}
+
+fn saga_with(settings: SagaSettings) -> (TopologyTestDriver<Uuid, SagaEvent>, SagaMetrics) {
     let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
-    let topology =
-        processor::topology(AvroDatumCodec, SagaSettings::default(), metrics.clone(), &SagaTopics::default())
-            .unwrap();
+    let topology = processor::topology(AvroDatumCodec, settings, metrics.clone(), &SagaTopics::default()).unwrap();
     let dlq = ErrorPolicy::DeadLetter { topic: "payments.dlq".into() };
     (TopologyTestDriver::new(topology, "paystream-saga", dlq, T0_MS).unwrap(), metrics)
 }
@@ -53,6 +56,8 @@ fn decode(topic: &str, value: &[u8]) -> SagaEvent {
     match topic {
         topics::PAYMENTS_RESULTS => SagaEvent::Result(read(value)),
         topics::PAYMENTS_PROVIDER_COMMANDS => SagaEvent::Charge(read(value)),
+        topics::PAYMENTS_PROVIDER_REQUESTS => SagaEvent::Request(read(value)),
+        topics::PAYMENTS_RECONCILIATION => SagaEvent::Reconciliation(read(value)),
         topics::PAYMENTS_TIMERS => AvroDatumCodec.decode(Input::Timer, value).unwrap(),
         other => panic!("no outputs on {other}"),
     }
@@ -67,6 +72,65 @@ fn results(driver: &mut TopologyTestDriver<Uuid, SagaEvent>) -> Vec<PaymentResul
             other => panic!("{other:?}"),
         })
         .collect()
+}
+
+/// The provider requests the saga issued since the last call.
+fn requests(driver: &mut TopologyTestDriver<Uuid, SagaEvent>) -> Vec<ProviderRequest> {
+    driver
+        .read_all(topics::PAYMENTS_PROVIDER_REQUESTS)
+        .into_iter()
+        .map(|r| match decode(topics::PAYMENTS_PROVIDER_REQUESTS, r.value.as_deref().unwrap()) {
+            SagaEvent::Request(request) => request,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The one provider request issued since the last call.
+fn one_request(driver: &mut TopologyTestDriver<Uuid, SagaEvent>) -> ProviderRequest {
+    let mut issued = requests(driver);
+    assert_eq!(issued.len(), 1, "one request: {issued:?}");
+    issued.remove(0)
+}
+
+fn reconciliations(driver: &mut TopologyTestDriver<Uuid, SagaEvent>) -> Vec<ReconciliationEvent> {
+    driver
+        .read_all(topics::PAYMENTS_RECONCILIATION)
+        .into_iter()
+        .map(|r| match decode(topics::PAYMENTS_RECONCILIATION, r.value.as_deref().unwrap()) {
+            SagaEvent::Reconciliation(event) => event,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The dispatcher's answer to `request`.
+fn answer(request: &ProviderRequest, outcome: DispatchResult) -> SagaEvent {
+    SagaEvent::Outcome(DispatchOutcome {
+        command_id: request.request_id,
+        payment_id: request.payment_id,
+        outcome,
+        attempts: 1,
+        detail: format!("provider says {}", outcome.symbol()),
+        decided_at: at(T0_MS),
+    })
+}
+
+/// The timers the saga scheduled since the last call.
+fn scheduled(driver: &mut TopologyTestDriver<Uuid, SagaEvent>) -> Vec<TimerEvent> {
+    driver
+        .read_all(topics::PAYMENTS_TIMERS)
+        .into_iter()
+        .map(|r| match decode(topics::PAYMENTS_TIMERS, r.value.as_deref().unwrap()) {
+            SagaEvent::Timer(timer) => timer,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The timer processor's firing of `timer`.
+fn fire(timer: &TimerEvent) -> SagaEvent {
+    SagaEvent::Timer(TimerEvent { change: TimerChange::Fired { fired_at: timer.due_at }, ..timer.clone() })
 }
 
 fn initiated(id: Uuid, wallet: Uuid) -> SagaEvent {
@@ -134,7 +198,8 @@ fn happy_path_issues_a_charge_and_a_timer_and_ends_in_one_completed_result() {
         panic!()
     };
     assert_eq!(timer.kind, TimerKind::PaymentTimeout);
-    assert_eq!(timer.due_at, at(T0_MS + 30_000), "default timeout 30 s");
+    assert_eq!(timer.due_at, at(T0_MS + 60_000), "default timeout 60 s");
+    assert_eq!(charge.not_after, Some(at(T0_MS + 45_000)), "no attempt after the deadline");
 
     pipe(&mut driver, id, outcome(id, DispatchResult::Accepted));
     assert!(results(&mut driver).is_empty());
@@ -147,7 +212,7 @@ fn happy_path_issues_a_charge_and_a_timer_and_ends_in_one_completed_result() {
 }
 
 #[test]
-fn a_provider_failure_fails_and_retries_exhausted_fails() {
+fn a_provider_failure_fails_and_exhausted_retries_fail_once_a_void_confirms_no_charge() {
     let (mut driver, _) = saga();
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     pipe(&mut driver, a, initiated(a, Uuid::new_v4()));
@@ -155,28 +220,175 @@ fn a_provider_failure_fails_and_retries_exhausted_fails() {
     pipe(&mut driver, a, callback(a, ProviderStatus::Failed));
     pipe(&mut driver, b, initiated(b, Uuid::new_v4()));
     pipe(&mut driver, b, outcome(b, DispatchResult::RetriesExhausted));
-    let done = results(&mut driver);
     assert_eq!(
-        done.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(),
-        vec![(a, PaymentResultStatus::Failed), (b, PaymentResultStatus::Failed)]
+        results(&mut driver).iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(),
+        vec![(a, PaymentResultStatus::Failed)],
+        "b is verified, not failed blind"
     );
+    let query = one_request(&mut driver);
+    assert_eq!(query.payment_id, b);
+    assert!(matches!(query.action, ProviderAction::StatusQuery { .. }), "{query:?}");
+    pipe(&mut driver, b, answer(&query, DispatchResult::NotCharged));
+    let void = one_request(&mut driver);
+    assert!(matches!(void.action, ProviderAction::Void { .. }), "{void:?}");
+    assert!(results(&mut driver).is_empty(), "no failure before the void is confirmed");
+    pipe(&mut driver, b, answer(&void, DispatchResult::Voided));
+    let done = results(&mut driver);
+    assert_eq!(done.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(), vec![(b, PaymentResultStatus::Failed)]);
+    assert!(done[0].reason.contains("RETRIES_EXHAUSTED") && done[0].reason.contains("no charge"), "{}", done[0].reason);
 }
 
+/// Seed 000's lost callback: the timer fires while the charge is out, the provider says it
+/// charged, the payment completes (the wallet is debited, never refunded).
 #[test]
-fn the_timer_wins_and_a_late_or_duplicate_callback_changes_nothing() {
+fn a_lost_callback_is_verified_and_completes_when_the_provider_charged() {
     let (mut driver, metrics) = saga();
     let id = Uuid::new_v4();
     pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
     pipe(&mut driver, id, outcome(id, DispatchResult::Accepted));
     pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
+    assert!(results(&mut driver).is_empty(), "no FAILED_TIMEOUT on the timer alone");
+    let query = one_request(&mut driver);
+    pipe(&mut driver, id, answer(&query, DispatchResult::Charged));
+    let done = results(&mut driver);
+    assert_eq!(done.iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Completed]);
+    // The callback turns up after all: absorbed.
+    pipe(&mut driver, id, callback(id, ProviderStatus::Succeeded));
+    assert!(results(&mut driver).is_empty() && requests(&mut driver).is_empty());
+    assert_eq!(metrics.signals.with_label_values(&["provider_succeeded", "absorbed"]).get(), 1);
+}
+
+#[test]
+fn the_timer_wins_with_a_confirmed_void_and_a_late_success_is_refunded_and_reconciled_once() {
+    let (mut driver, metrics) = saga();
+    let (id, wallet) = (Uuid::new_v4(), Uuid::new_v4());
+    pipe(&mut driver, id, initiated(id, wallet));
+    pipe(&mut driver, id, outcome(id, DispatchResult::Accepted));
+    pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
+    let query = one_request(&mut driver);
+    pipe(&mut driver, id, answer(&query, DispatchResult::NotCharged));
+    let void = one_request(&mut driver);
+    pipe(&mut driver, id, answer(&void, DispatchResult::Voided));
     pipe(&mut driver, id, callback(id, ProviderStatus::Succeeded));
     pipe(&mut driver, id, callback(id, ProviderStatus::Succeeded));
     pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
     let done = results(&mut driver);
     assert_eq!(done.len(), 1, "exactly one result: {done:?}");
     assert_eq!(done[0].status, PaymentResultStatus::FailedTimeout);
-    assert_eq!(metrics.signals.with_label_values(&["provider_succeeded", "absorbed"]).get(), 2);
-    assert_eq!(metrics.signals.with_label_values(&["timer_fired", "absorbed"]).get(), 1);
+    let refund = one_request(&mut driver);
+    assert_eq!(
+        refund.action,
+        ProviderAction::Refund {
+            amount: Amount::from_minor(12_345).unwrap(),
+            currency: "RUB".into(),
+            reason: "charged after the payment failed: provider says SUCCEEDED".into(),
+        }
+    );
+    let events = reconciliations(&mut driver);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].discrepancy, events[0].remedy, events[0].published_status, events[0].refund_request_id),
+        (Discrepancy::ChargedAfterFailure, Remedy::RefundRequested, PaymentResultStatus::FailedTimeout, Some(refund.request_id))
+    );
+    assert_eq!((events[0].wallet_id, events[0].amount.minor()), (wallet, 12_345));
+    assert_eq!(metrics.reconciliations.with_label_values(&["CHARGED_AFTER_FAILURE"]).get(), 1);
+    assert_eq!(metrics.signals.with_label_values(&["provider_succeeded", "absorbed"]).get(), 1, "the duplicate");
+    pipe(&mut driver, id, answer(&refund, DispatchResult::Refunded));
+    assert_eq!(metrics.refunds.with_label_values(&["refunded"]).get(), 1);
+    pipe(&mut driver, id, callback(id, ProviderStatus::Succeeded));
+    assert!(results(&mut driver).is_empty() && requests(&mut driver).is_empty() && reconciliations(&mut driver).is_empty());
+}
+
+/// No answer is no decision: the saga asks again with a growing back-off, raises the alert past
+/// the bound, and holds the reservation until the provider answers.
+#[test]
+fn an_unanswered_verification_is_asked_again_alerts_past_its_bound_and_never_guesses() {
+    let settings = SagaSettings { verify_rounds_alert: 3, ..SagaSettings::default() };
+    let (mut driver, metrics) = saga_with(settings.clone());
+    let id = Uuid::new_v4();
+    pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
+    scheduled(&mut driver);
+    pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
+    let mut request = one_request(&mut driver);
+    let mut ids = vec![request.request_id];
+    for round in 1..=5u32 {
+        let inconclusive = if round % 2 == 0 { DispatchResult::Pending } else { DispatchResult::Unanswered };
+        pipe(&mut driver, id, answer(&request, inconclusive));
+        assert!(requests(&mut driver).is_empty(), "nothing is asked before the back-off");
+        let retry = scheduled(&mut driver);
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].kind, TimerKind::VerifyRetry);
+        let TimerChange::Scheduled { scheduled_at } = retry[0].change else { panic!() };
+        let pause = (retry[0].due_at - scheduled_at).to_std().unwrap();
+        assert_eq!(pause, settings.verify_backoff(round), "round {round}");
+        // A redelivered answer changes nothing.
+        pipe(&mut driver, id, answer(&request, inconclusive));
+        assert!(scheduled(&mut driver).is_empty() && requests(&mut driver).is_empty());
+        pipe(&mut driver, id, fire(&retry[0]));
+        request = one_request(&mut driver);
+        assert!(matches!(request.action, ProviderAction::StatusQuery { .. }));
+        ids.push(request.request_id);
+        pipe(&mut driver, id, fire(&retry[0]));
+        assert!(requests(&mut driver).is_empty(), "a timer fires once");
+    }
+    assert_eq!(settings.verify_backoff(1), Duration::from_secs(1));
+    assert_eq!(settings.verify_backoff(2), Duration::from_secs(2));
+    assert_eq!(settings.verify_backoff(30), Duration::from_secs(60), "capped");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "every round has its own request id");
+    assert_eq!(metrics.verification_overdue.get(), 1, "alerted once, at the bound");
+    assert!(results(&mut driver).is_empty(), "the reservation is held");
+    pipe(&mut driver, id, answer(&request, DispatchResult::Charged));
+    assert_eq!(results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Completed]);
+}
+
+/// An answer to a request that is no longer outstanding is stale: it changes nothing.
+#[test]
+fn a_stale_answer_is_ignored() {
+    let (mut driver, metrics) = saga();
+    let id = Uuid::new_v4();
+    pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
+    pipe(&mut driver, id, outcome(id, DispatchResult::RetriesExhausted));
+    let query = one_request(&mut driver);
+    let forged = ProviderRequest { request_id: Uuid::new_v4(), ..query.clone() };
+    pipe(&mut driver, id, answer(&forged, DispatchResult::NotCharged));
+    assert!(requests(&mut driver).is_empty(), "no void on an answer to another request");
+    pipe(&mut driver, id, answer(&query, DispatchResult::NotCharged));
+    let void = one_request(&mut driver);
+    pipe(&mut driver, id, answer(&query, DispatchResult::Charged));
+    assert!(results(&mut driver).is_empty(), "the query's answer, again and contradicting, is stale now");
+    assert_eq!(metrics.signals.with_label_values(&["NOT_CHARGED", "stale"]).get(), 1);
+    assert_eq!(metrics.signals.with_label_values(&["CHARGED", "stale"]).get(), 1);
+    pipe(&mut driver, id, answer(&void, DispatchResult::Charged));
+    assert_eq!(
+        results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PaymentResultStatus::Completed],
+        "a void refused as already charged completes"
+    );
+}
+
+/// An expired command (nothing sent by the run that reports it) skips the question but not the
+/// void: a crashed earlier run may have sent it.
+#[test]
+fn an_expired_command_is_voided_before_it_fails() {
+    let (mut driver, _) = saga();
+    let id = Uuid::new_v4();
+    pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
+    let SagaEvent::Outcome(mut expired) = outcome(id, DispatchResult::Expired) else { unreachable!() };
+    expired.attempts = 0;
+    pipe(&mut driver, id, SagaEvent::Outcome(expired.clone()));
+    let void = one_request(&mut driver);
+    assert!(matches!(void.action, ProviderAction::Void { .. }), "straight to the void: {void:?}");
+    pipe(&mut driver, id, answer(&void, DispatchResult::Voided));
+    assert_eq!(results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Failed]);
+
+    // Expired after attempts of its own: one of them may have reached the provider.
+    let other = Uuid::new_v4();
+    pipe(&mut driver, other, initiated(other, Uuid::new_v4()));
+    let SagaEvent::Outcome(late) = outcome(other, DispatchResult::Expired) else { unreachable!() };
+    pipe(&mut driver, other, SagaEvent::Outcome(DispatchOutcome { attempts: 2, ..late }));
+    assert!(matches!(one_request(&mut driver).action, ProviderAction::StatusQuery { .. }));
 }
 
 #[test]

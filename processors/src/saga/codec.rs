@@ -48,7 +48,9 @@ impl SagaCodec for RegistryCodec {
                 SagaEvent::Outcome(e) => codec.encode(e).await?,
                 SagaEvent::Timer(e) => codec.encode(e).await?,
                 SagaEvent::Charge(e) => codec.encode(e).await?,
+                SagaEvent::Request(e) => codec.encode(e).await?,
                 SagaEvent::Result(e) => codec.encode(e).await?,
+                SagaEvent::Reconciliation(e) => codec.encode(e).await?,
             })
         })
     }
