@@ -207,9 +207,12 @@ async fn run_paystream(
     let plan = load::LoadPlan {
         base_url: api.base_url.clone(),
         concurrency: args.concurrency,
-        window,
+        pace: load::Pace::Closed,
+        stop: load::Stop::Window(window),
         wallets: Arc::new(tokens),
         timestamp: paystream_api::timestamp::format(Utc::now()),
+        keep_sent: false,
+        progress: Arc::default(),
     };
     let settled = settle("paystream").await;
     info!(url = %api.base_url, concurrency = args.concurrency, "paystream: warm-up {} s, measuring {} s", args.warmup_s, args.duration_s);

@@ -10,7 +10,8 @@
 //! - [`seed`]: bench users and wallets, their deterministic ids (shared with pgbench),
 //!   inserting and removing them.
 //! - [`server`]: the real API, in-process on 127.0.0.1:0, and bearer tokens for it.
-//! - [`load`]: a closed-loop HTTP load generator with a fixed concurrency.
+//! - [`load`]: the HTTP load generator: a closed loop at a fixed concurrency, or an open loop
+//!   at a rate with a bounded number in flight.
 //! - [`pgbench`]: runs pgbench on the equivalent script and reads its per-transaction log.
 //! - [`latency`]: the measurement window and the latency tally both sides fill.
 //! - [`cpu`]: where the CPU went while a side ran, and whether a build shared it.
@@ -20,8 +21,11 @@
 //!   topology runtime, Kafka Streams and Quix Streams, each a child process; its Rust peers.
 //! - [`restore`]: the `restore` benchmark: a store restored from its changelog, and a restart
 //!   from a checkpoint.
+//! - [`flow`]: `paystream load` (issue 10): payments through the whole running pipeline at a
+//!   rate, each followed to settlement, with where the time goes hop by hop.
 
 pub mod cpu;
+pub mod flow;
 pub mod ingest;
 pub mod join;
 pub mod latency;

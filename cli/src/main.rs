@@ -7,6 +7,7 @@ mod api;
 mod audit;
 mod connect;
 mod dispatch;
+mod load;
 mod metrics_server;
 mod migrate;
 mod provider_sim;
@@ -50,6 +51,8 @@ enum Command {
     Audit(audit::Args),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
+    /// Benchmark: payments at a rate through the running pipeline, each followed to settlement.
+    Load(load::Args),
     /// Avro contracts in the Schema Registry.
     #[command(subcommand)]
     Schemas(schemas::Command),
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch(args) => dispatch::run(&settings, args).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Load(args) => load::run(&settings, args).await,
         Command::Audit(args) => audit::run(&settings, args).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
