@@ -44,6 +44,9 @@ REGISTRY_HEALTH_URL=http://127.0.0.1:9081/health/ready
 PG_HOST=127.0.0.1
 PG_PORT=5432
 
+# The secrets below are published in this repository, so the services refuse them unless dev
+# mode says this is a development machine (api/src/secrets.rs); every dev/ script runs in it.
+export PAYSTREAM_DEV_MODE=1
 # The API's bearer-token secret on the local stack only (tests mint tokens with it).
 export PAYSTREAM_JWT_HS256_SECRET="${PAYSTREAM_JWT_HS256_SECRET:-paystream-local-development-secret-0123456789}"
 # Local state of the topology processes (saga, timers): RocksDB stores and checkpoints.

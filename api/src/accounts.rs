@@ -138,12 +138,16 @@ pub async fn balance(
     Path(wallet_id): Path<Uuid>,
 ) -> Result<Json<Balance>, ApiError> {
     let mut conn = state.db.acquire().await?;
-    Ok(Json(owned_balance(&mut conn, caller, wallet_id, false).await?))
+    Ok(Json(owned_balance(&mut conn, caller, wallet_id).await?))
 }
 
 /// `POST /api/v1/accounts/{wallet_id}/deposits` with `Idempotency-Key`: adds money. The
 /// same key again is the same deposit (answered with the current balance); the same key
 /// with another wallet or amount is a 409.
+///
+/// Money enters the system here, so only an operator's token (scope
+/// [`crate::auth::OPERATOR_SCOPE`]) may deposit, into any user's wallet; a user's own token
+/// is a 403, whoever owns the wallet (otherwise every user could mint money for themselves).
 pub async fn deposit(
     State(state): State<AppState>,
     caller: Caller,
@@ -151,6 +155,7 @@ pub async fn deposit(
     headers: HeaderMap,
     ApiJson(request): ApiJson<DepositRequest>,
 ) -> Result<Json<Balance>, ApiError> {
+    caller.require_operator()?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -162,7 +167,7 @@ pub async fn deposit(
         .map_err(|e| ApiError::validation("amount", e.to_string()))?;
 
     let mut tx = state.db.begin().await?;
-    owned_balance(&mut tx, caller, wallet_id, true).await?;
+    wallet_balance(&mut tx, wallet_id, true).await?;
     let inserted = sqlx::query(
         "INSERT INTO deposits (idempotency_key, wallet_id, amount) VALUES ($1, $2, $3)
          ON CONFLICT (idempotency_key) DO NOTHING",
@@ -202,19 +207,34 @@ pub async fn deposit(
         }
         updated?;
     }
-    let balance = owned_balance(&mut tx, caller, wallet_id, false).await?;
+    let (_, balance) = wallet_balance(&mut tx, wallet_id, false).await?;
     tx.commit().await?;
+    if inserted > 0 {
+        tracing::info!(operator = %caller.user_id, %wallet_id, %key, "deposit");
+    }
     Ok(Json(balance))
 }
 
 /// The balance of `wallet_id` if `caller` owns it (404 if it does not exist, 403 if it is
-/// someone else's). `lock` takes the row lock for the rest of the transaction.
+/// someone else's).
 async fn owned_balance(
     conn: &mut PgConnection,
     caller: Caller,
     wallet_id: Uuid,
-    lock: bool,
 ) -> Result<Balance, ApiError> {
+    match wallet_balance(conn, wallet_id, false).await? {
+        (owner, _) if owner != caller.user_id => Err(ApiError::Forbidden),
+        (_, balance) => Ok(balance),
+    }
+}
+
+/// The owner and balance of `wallet_id` (404 if it does not exist). `lock` takes the row
+/// lock for the rest of the transaction.
+async fn wallet_balance(
+    conn: &mut PgConnection,
+    wallet_id: Uuid,
+    lock: bool,
+) -> Result<(Uuid, Balance), ApiError> {
     let sql = if lock {
         "SELECT user_id, currency, available, reserved FROM wallets WHERE wallet_id = $1 FOR UPDATE"
     } else {
@@ -222,9 +242,6 @@ async fn owned_balance(
     };
     let row: Option<(Uuid, String, Decimal, Decimal)> =
         sqlx::query_as(sql).bind(wallet_id).fetch_optional(&mut *conn).await?;
-    match row {
-        None => Err(ApiError::NotFound("wallet")),
-        Some((owner, ..)) if owner != caller.user_id => Err(ApiError::Forbidden),
-        Some((_, currency, available, reserved)) => Ok(Balance { wallet_id, currency, available, reserved }),
-    }
+    let (owner, currency, available, reserved) = row.ok_or(ApiError::NotFound("wallet"))?;
+    Ok((owner, Balance { wallet_id, currency, available, reserved }))
 }

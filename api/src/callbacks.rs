@@ -2,9 +2,27 @@
 //!
 //! The signature is checked first, on the raw bytes, before anything is parsed: an
 //! unauthenticated caller learns nothing about our validation. An authentic callback is
-//! recorded in the ledger database together with its `ProviderCallbackReceived` outbox
-//! row, in one transaction; Debezium routes the event to `payments.callbacks`. A
-//! redelivered callback (same provider event id) gets the first answer and writes nothing.
+//! recorded in the ledger database, in one transaction, and its payment's *first* verdict
+//! also gets a `ProviderCallbackReceived` outbox row that Debezium routes to
+//! `payments.callbacks`.
+//!
+//! Deduplication keys only on what the signature covers, so a captured callback replayed
+//! with another id, or an id squatted ahead of the real callback, changes nothing: the
+//! callback's identity is the body's optional `eventId` (signed with the body), else the
+//! SHA-256 of the raw body. The `X-Provider-Event-Id` header is not signed and is not read.
+//! The key is (paymentId, that id), so two payments can never collide on one id, and every
+//! authentic callback is answered 2xx (a provider does not retry a 4xx, and a lost verdict
+//! costs a payment):
+//! - the first callback of a payment is forwarded (disposition `forwarded`);
+//! - a redelivery of a recorded callback gets the first answer and writes nothing;
+//! - another callback of a payment that already has its verdict — the same status again
+//!   (`duplicate`) or the opposite one (`conflict`) — is recorded for the audit trail but
+//!   never forwarded. The saga therefore sees exactly one verdict per payment, also when
+//!   callbacks arrive before their payment (it keeps an early callback until the payment
+//!   appears, and a second early one would replace the first there).
+//!
+//! A partial unique index (`provider_callbacks_one_verdict_per_payment`) makes "one forwarded
+//! callback per payment" hold under concurrent deliveries too.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,6 +33,7 @@ use paystream_schemas::events::{topics, ProviderCallbackReceived, ProviderStatus
 use paystream_schemas::time;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -22,13 +41,11 @@ use crate::signature;
 use crate::state::AppState;
 use crate::timestamp;
 
-/// Header by which a provider names its callback event (optional).
-pub const EVENT_ID_HEADER: &str = "x-provider-event-id";
 /// Longest accepted description and provider event id.
 pub const DESCRIPTION_CHARS_MAX: usize = 1000;
 pub const EVENT_ID_BYTES_MAX: usize = 200;
 
-/// The body of seed 000's callback.
+/// The body of seed 000's callback, plus the provider's optional event id.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Callback {
@@ -36,6 +53,31 @@ struct Callback {
     status: String,
     description: String,
     timestamp: String,
+    /// The provider's id of this event; inside the body, so the signature covers it.
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+/// What became of a recorded callback (`provider_callbacks.disposition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The payment's first verdict: forwarded to `payments.callbacks`.
+    Forwarded,
+    /// A later event with the first verdict's status: recorded only.
+    Duplicate,
+    /// A later event contradicting the first verdict: recorded only, logged as a warning.
+    Conflict,
+}
+
+impl Disposition {
+    /// The column's value.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::Duplicate => "duplicate",
+            Self::Conflict => "conflict",
+        }
+    }
 }
 
 /// The answer of seed 000: the payment and when the callback was accepted.
@@ -79,12 +121,12 @@ pub async fn receive(
         slug: "malformed-callback",
         detail: "timestamp must be yyyyMMdd-HH:mm:ss:SSSSSS (UTC)".into(),
     })?;
-    let provider_event_id = match headers.get(EVENT_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
+    let provider_event_id = match callback.event_id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() && id.len() <= EVENT_ID_BYTES_MAX => id.to_owned(),
         Some(_) => {
             return Err(ApiError::BadRequest {
                 slug: "malformed-callback",
-                detail: "bad X-Provider-Event-Id".into(),
+                detail: format!("eventId must be 1 to {EVENT_ID_BYTES_MAX} bytes"),
             })
         }
         None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
@@ -105,58 +147,100 @@ pub async fn receive(
     Ok(Json(CallbackAccepted { payment_id: event.payment_id, timestamp: timestamp::format(answered_at) }))
 }
 
-/// Records the callback and its event once; returns when it was first accepted.
+/// Records the callback once, and forwards it if it is its payment's first; returns when it
+/// was first accepted.
 async fn record(
     state: &AppState,
     event: &ProviderCallbackReceived,
     payload: &[u8],
 ) -> Result<DateTime<Utc>, ApiError> {
     let mut tx = state.ledger.begin().await?;
+    // As the payment's verdict. No conflict target: either the same callback is recorded
+    // already (primary key) or another one is the payment's verdict (the partial unique
+    // index); ON CONFLICT waits for a concurrent inserter of either to commit.
+    if insert(&mut tx, event, Disposition::Forwarded).await? {
+        sqlx::query(
+            "INSERT INTO ledger_outbox (id, aggregatetype, aggregateid, type, payload)
+             VALUES ($1, $2, $3, 'ProviderCallbackReceived', $4)",
+        )
+        .bind(event.event_id)
+        .bind(topics::PAYMENTS_CALLBACKS)
+        .bind(event.payment_id.to_string())
+        .bind(payload)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM ledger_outbox WHERE id = $1").bind(event.event_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        tracing::info!(payment_id = %event.payment_id, status = event.status.symbol(), "callback recorded and forwarded");
+        return Ok(event.received_at);
+    }
+    if let Some(first_answer) = recorded_at(&mut tx, event).await? {
+        tracing::info!(payment_id = %event.payment_id, provider_event_id = %event.provider_event_id, "redelivered callback");
+        return Ok(first_answer);
+    }
+    // Another event of a payment whose verdict is recorded (the conflict was the partial
+    // index, whose row has committed).
+    let verdict: String = sqlx::query_scalar(
+        "SELECT status FROM provider_callbacks WHERE payment_id = $1 AND disposition = 'forwarded'",
+    )
+    .bind(event.payment_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let disposition =
+        if verdict == event.status.symbol() { Disposition::Duplicate } else { Disposition::Conflict };
+    if !insert(&mut tx, event, disposition).await? {
+        // The same event, delivered concurrently, was recorded first.
+        let first_answer = recorded_at(&mut tx, event).await?;
+        return first_answer.ok_or_else(|| ApiError::internal("a conflicting callback row vanished"));
+    }
+    tx.commit().await?;
+    if disposition == Disposition::Conflict {
+        tracing::warn!(payment_id = %event.payment_id, provider_event_id = %event.provider_event_id, verdict, status = event.status.symbol(), "a callback contradicts the payment's first verdict; recorded, not forwarded");
+    } else {
+        tracing::info!(payment_id = %event.payment_id, provider_event_id = %event.provider_event_id, "another callback with the same verdict; recorded, not forwarded");
+    }
+    Ok(event.received_at)
+}
+
+/// Inserts the callback's row with `disposition` unless it conflicts; whether it did.
+async fn insert(
+    tx: &mut PgConnection,
+    event: &ProviderCallbackReceived,
+    disposition: Disposition,
+) -> Result<bool, ApiError> {
+    // Only the forwarded row names the event it was forwarded as.
+    let event_id = (disposition == Disposition::Forwarded).then_some(event.event_id);
     let inserted = sqlx::query(
         "INSERT INTO provider_callbacks
-             (provider_event_id, payment_id, status, description, provider_timestamp, received_at, event_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (provider_event_id) DO NOTHING",
+             (payment_id, provider_event_id, status, description, provider_timestamp, received_at,
+              event_id, disposition)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT DO NOTHING",
     )
-    .bind(&event.provider_event_id)
     .bind(event.payment_id)
+    .bind(&event.provider_event_id)
     .bind(event.status.symbol())
     .bind(&event.description)
     .bind(event.provider_timestamp)
     .bind(event.received_at)
-    .bind(event.event_id)
+    .bind(event_id)
+    .bind(disposition.symbol())
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if inserted == 0 {
-        // A redelivery: the first transaction committed (the unique index waited for it).
-        let (payment_id, received_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
-            "SELECT payment_id, received_at FROM provider_callbacks WHERE provider_event_id = $1",
-        )
-        .bind(&event.provider_event_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if payment_id != event.payment_id {
-            return Err(ApiError::BadRequest {
-                slug: "malformed-callback",
-                detail: "this provider event id was used for another payment".into(),
-            });
-        }
-        tracing::info!(payment_id = %event.payment_id, provider_event_id = %event.provider_event_id, "duplicate callback");
-        return Ok(received_at);
-    }
-    sqlx::query(
-        "INSERT INTO ledger_outbox (id, aggregatetype, aggregateid, type, payload)
-         VALUES ($1, $2, $3, 'ProviderCallbackReceived', $4)",
+    Ok(inserted == 1)
+}
+
+/// When this very callback (payment and provider event id) was first accepted, if it was.
+async fn recorded_at(
+    tx: &mut PgConnection,
+    event: &ProviderCallbackReceived,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT received_at FROM provider_callbacks WHERE payment_id = $1 AND provider_event_id = $2",
     )
-    .bind(event.event_id)
-    .bind(topics::PAYMENTS_CALLBACKS)
-    .bind(event.payment_id.to_string())
-    .bind(payload)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM ledger_outbox WHERE id = $1").bind(event.event_id).execute(&mut *tx).await?;
-    tx.commit().await?;
-    tracing::info!(payment_id = %event.payment_id, status = event.status.symbol(), "callback recorded");
-    Ok(event.received_at)
+    .bind(event.payment_id)
+    .bind(&event.provider_event_id)
+    .fetch_optional(&mut *tx)
+    .await?)
 }

@@ -16,6 +16,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("the wallet belongs to another user")]
     Forbidden,
+    /// The token is valid but lacks the scope the endpoint needs (RFC 6750's insufficient_scope).
+    #[error("this endpoint needs a token with scope \"{scope}\"")]
+    InsufficientScope { scope: &'static str },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("the request body is not valid JSON: {0}")]
@@ -67,6 +70,9 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Not your wallet"),
+            Self::InsufficientScope { .. } => {
+                (StatusCode::FORBIDDEN, "insufficient-scope", "Insufficient scope")
+            }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
             Self::UnsupportedMediaType => {
@@ -117,6 +123,14 @@ impl IntoResponse for ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::InsufficientScope { scope } = &self {
+            // RFC 6750 §3: tells the client which scope to ask its issuer for.
+            if let Ok(value) =
+                HeaderValue::from_str(&format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\""))
+            {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
         }
         response
     }

@@ -8,14 +8,17 @@
 //! # Layout
 //! - [`server`]: the router, its layers (body limit, metrics), serving with graceful shutdown.
 //! - [`state`]: what every handler shares: the wallet pool, the event codec, the authenticator.
-//! - [`auth`]: `Authorization: Bearer` JWTs (HS256 or RS256); the caller is the token's subject.
+//! - [`auth`]: `Authorization: Bearer` JWTs (HS256 or RS256; iss, aud, nbf, a bounded lifetime);
+//!   the caller is the token's subject, an operator if its scope says so. Mints tokens too.
+//! - [`secrets`]: start-up checks of secrets; the repository's development ones need dev mode.
 //! - [`error`]: [`ApiError`], the one error type, rendered as `application/problem+json`.
 //! - [`extract`]: a JSON extractor whose rejections are problems too.
 //! - [`money`]: exact decimal amounts in JSON (never through a float).
 //! - [`timestamp`]: the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` timestamps.
 //! - [`accounts`]: create a wallet, deposit (idempotent on `Idempotency-Key`), read balances.
 //! - [`payments`]: accept a payment: idempotency, ownership, balance, reserve, outbox.
-//! - [`callbacks`]: the provider's signed callback: verify, deduplicate, record with its event.
+//! - [`callbacks`]: the provider's signed callback: verify, deduplicate on the signed event id,
+//!   forward only a payment's first verdict.
 //! - [`signature`]: Stripe-style HMAC signatures of callbacks.
 //! - [`metrics`]: Prometheus metrics of the edge.
 
@@ -27,6 +30,7 @@ pub mod extract;
 pub mod metrics;
 pub mod money;
 pub mod payments;
+pub mod secrets;
 pub mod server;
 pub mod signature;
 pub mod state;

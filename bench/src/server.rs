@@ -3,11 +3,10 @@
 //! registry-backed `EventCodec`, HS256 bearer tokens, a callback verifier, on 127.0.0.1:0.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
-use jsonwebtoken::{EncodingKey, Header};
-use paystream_api::auth::{Authenticator, Claims};
+use paystream_api::auth::{self, Authenticator, Claims};
 use paystream_api::metrics::ApiMetrics;
 use paystream_api::signature::Verifier;
 use paystream_api::{server, AppState};
@@ -79,9 +78,7 @@ impl RunningApi {
     }
 }
 
-/// A bearer token for `user`, valid for `ttl` from now.
+/// A bearer token for `user`, valid for `ttl` from now (at most the API's 24 h).
 pub fn token(user: Uuid, ttl: Duration) -> anyhow::Result<String> {
-    let now_s = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims { sub: user.to_string(), exp: now_s + ttl.as_secs() };
-    Ok(jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(JWT_SECRET))?)
+    Ok(auth::mint_hs256(JWT_SECRET, &Claims::user(user, ttl))?)
 }

@@ -7,7 +7,10 @@
 // (depends_on targets exist, named volumes are declared, ...). Interpolation is strict and
 // deterministic: neither the caller's environment nor a .env file is read, and a variable
 // without a default (`${VAR}`, `$VAR`) is an error, so the file passes or fails the same way on
-// every machine. Then it checks paystream's own rules:
+// every machine. A required variable (`${VAR:?why}`), which whoever starts compose must set, is
+// checked with a placeholder in its place. Then it checks paystream's own rules:
+//   - a variable whose name contains SECRET has no default: a default would be published in the
+//     repo, and the services refuse the repo's development secrets outside dev mode;
 //   - every image has a pinned tag (or digest) that is not `latest`;
 //   - every bind-mounted host path and every build context/Dockerfile exists inside the repo
 //     (the directory holding the compose file);
@@ -23,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,6 +71,7 @@ func main() {
 	}
 	r := &report{}
 	r.ok("load %s: schema, interpolation and consistency (%d services)", path, len(project.Services))
+	checkVariables(r)
 
 	names := make([]string, 0, len(project.Services))
 	for name := range project.Services {
@@ -113,18 +118,58 @@ func load(path string) (*types.Project, error) {
 	return options.LoadProject(context.Background())
 }
 
+// variableUse is how the compose file refers to a variable: `${NAME<op>...}`.
+var variableUse = regexp.MustCompile(`^\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+?])?`)
+
+// required and defaulted record, by name, the variables met while interpolating.
+var (
+	required  = map[string]string{}
+	defaulted = map[string]bool{}
+)
+
 // strictSubstitute is compose's interpolation, except that a variable which is unset and has no
-// default is an error instead of a warning and an empty string.
+// default is an error instead of a warning and an empty string, and a required one
+// (`${NAME:?why}`) is replaced by a placeholder and recorded.
 func strictSubstitute(value string, mapping template.Mapping) (string, error) {
 	return template.SubstituteWithOptions(value, mapping,
 		template.WithoutLogging,
 		template.WithReplacementFunction(func(sub string, m template.Mapping, cfg *template.Config) (string, error) {
+			if use := variableUse.FindStringSubmatch(sub); use != nil && strings.Contains(use[2], "-") {
+				defaulted[use[1]] = true
+			}
 			out, applied, err := template.DefaultReplacementAppliedFunc(sub, m, cfg)
+			var missing *template.MissingRequiredError
+			if errors.As(err, &missing) {
+				required[missing.Variable] = missing.Reason
+				return "placeholder-for-" + strings.ToLower(missing.Variable), nil
+			}
 			if err == nil && !applied {
-				return "", fmt.Errorf("%s is not set and has no default (use ${NAME:-default})", sub)
+				return "", fmt.Errorf("%s is not set and has no default (use ${NAME:-default} or ${NAME:?why})", sub)
 			}
 			return out, err
 		}))
+}
+
+// checkVariables reports the required variables and refuses defaults for secrets.
+func checkVariables(r *report) {
+	names := make([]string, 0, len(required))
+	for name := range required {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		r.ok("variable %s: required, set by whoever starts compose (%s)", name, required[name])
+	}
+	defaults := make([]string, 0, len(defaulted))
+	for name := range defaulted {
+		defaults = append(defaults, name)
+	}
+	sort.Strings(defaults)
+	for _, name := range defaults {
+		if strings.Contains(name, "SECRET") {
+			r.fail("variable %s: a secret must not have a default in the repo; use ${%s:?why}", name, name)
+		}
+	}
 }
 
 func checkImage(r *report, service types.ServiceConfig) {

@@ -4,8 +4,11 @@
 //! from acceptance until its last callback is delivered, given up or abandoned; its task
 //! sleeps until the planned delay has passed, then posts what its [`Fate`] says. A POST is
 //! signed anew on every attempt (`Paystream-Signature: t=…,v1=…`, with the first configured
-//! secret, by `paystream_api::signature::sign`) and carries `X-Provider-Event-Id`, so a
-//! redelivery is recognisable as the same event. A 5xx, 408, 429, timeout or connection
+//! secret, by `paystream_api::signature::sign`, the function the API verifies with). The
+//! event's id travels inside the signed body (`eventId`), so a redelivery is recognisable as
+//! the same event and nobody without the secret can give a captured callback another id; the
+//! `X-Provider-Event-Id` header repeats it for logs only (the API does not read unsigned
+//! headers). A 5xx, 408, 429, timeout or connection
 //! error is retried with full-jitter backoff up to `callback_attempts_max` attempts; any
 //! other 4xx means the API refuses it for good (a wrong secret, a malformed body) and is
 //! logged as an error and not retried. At most `callback_concurrency_max` POSTs are on the
@@ -25,13 +28,15 @@ use crate::charges::Entry;
 use crate::decide::{Fate, Plan, Verdict};
 use crate::server::Sim;
 
-/// The header naming the provider's event; the API deduplicates by it.
+/// The header repeating the provider's event id, for logs and proxies; not signed, so the API
+/// deduplicates by the body's `eventId` instead.
 pub const EVENT_ID_HEADER: &str = "x-provider-event-id";
 
 /// One callback, ready to post.
 #[derive(Clone, Debug)]
 pub struct Notice {
-    /// `X-Provider-Event-Id`: the same for a redelivery, another for another event.
+    /// The body's `eventId` (and `X-Provider-Event-Id`): the same for a redelivery, another
+    /// for another event.
     pub event_id: String,
     /// The status it reports.
     pub verdict: Verdict,
@@ -40,8 +45,8 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// The callback `{paymentId, status, description, timestamp}` of `api/src/callbacks.rs`,
-    /// the timestamp in the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` form.
+    /// The callback `{paymentId, status, description, timestamp, eventId}` of
+    /// `api/src/callbacks.rs`, the timestamp in the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` form.
     pub fn new(
         payment_id: Uuid,
         verdict: Verdict,
@@ -49,14 +54,16 @@ impl Notice {
         description: &str,
         at: DateTime<Utc>,
     ) -> Self {
+        let event_id = format!("evt_{}_{sequence}", payment_id.simple());
         let body = json!({
             "paymentId": payment_id,
             "status": verdict.symbol(),
             "description": description,
             "timestamp": timestamp::format(at),
+            "eventId": event_id,
         });
         Self {
-            event_id: format!("evt_{}_{sequence}", payment_id.simple()),
+            event_id,
             verdict,
             // Serialising a `Value` built from strings cannot fail.
             body: serde_json::to_vec(&body).expect("a JSON value serialises"),
@@ -272,6 +279,7 @@ mod tests {
         assert_eq!(body["description"], "declined");
         assert_eq!(timestamp::parse(body["timestamp"].as_str().unwrap()), Some(at));
         assert_eq!(notice.event_id, format!("evt_{}_1", id.simple()));
+        assert_eq!(body["eventId"], notice.event_id, "the event id is signed with the body");
     }
 
     #[test]

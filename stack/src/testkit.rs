@@ -4,8 +4,11 @@
 //! dependency is missing, and bounded consumption. Production code does not use it.
 //!
 //! Its functions panic instead of returning errors: a failed set-up step is a failed test.
+//!
+//! [`bearer_token`] is the one way a test outside the API crate calls the API: a user's token,
+//! or an operator's (deposits need one).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
 
@@ -189,4 +192,71 @@ pub async fn remove_test_connector(db: &PgPool, connect: &ConnectClient, name: &
     }
     sqlx::query(&format!("DROP PUBLICATION IF EXISTS {table}")).execute(db).await.unwrap();
     sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(db).await.unwrap();
+}
+
+/// Where the HS256 secret of the API under test is read from (dev/lib.sh exports the local
+/// stack's, and `paystream api` reads the same variable).
+pub const JWT_SECRET_VARIABLE: &str = "PAYSTREAM_JWT_HS256_SECRET";
+/// The issuer and audience `paystream api` expects by default (`paystream_api::auth`'s
+/// DEFAULT_ISSUER and DEFAULT_AUDIENCE; the API's tests verify this module's tokens with the
+/// API's own verifier, so the two cannot drift apart).
+pub const TOKEN_ISSUER: &str = "paystream";
+pub const TOKEN_AUDIENCE: &str = "paystream-api";
+/// The scope that may deposit (`paystream_api::auth::OPERATOR_SCOPE`).
+pub const OPERATOR_SCOPE: &str = "operator";
+/// Lifetime of a test's token: longer than any test, within the API's 24 h bound.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// A bearer token for `user`, signed with the secret in [`JWT_SECRET_VARIABLE`]: an
+/// operator's (scope "operator", which deposits need) when `operator`, else a plain user's.
+/// Panics if the variable is unset.
+pub fn bearer_token(user: uuid::Uuid, operator: bool) -> String {
+    let secret = std::env::var(JWT_SECRET_VARIABLE).unwrap_or_else(|_| {
+        panic!("{JWT_SECRET_VARIABLE} is not set: run the tests through dev/test, or source dev/lib.sh first")
+    });
+    bearer_token_with(secret.as_bytes(), user, operator)
+}
+
+/// [`bearer_token`] signed with `secret` (HS256), with every claim the API checks: `iss`,
+/// `aud`, `iat`, `nbf`, `exp` (after [`TOKEN_LIFETIME`]) and, for an operator, `scope`.
+pub fn bearer_token_with(secret: &[u8], user: uuid::Uuid, operator: bool) -> String {
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs();
+    let mut claims = serde_json::json!({
+        "sub": user.to_string(),
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "iat": now_s,
+        "nbf": now_s,
+        "exp": now_s + TOKEN_LIFETIME.as_secs(),
+    });
+    if operator {
+        claims["scope"] = serde_json::Value::from(OPERATOR_SCOPE);
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    // Encoding a JSON object with HS256 cannot fail.
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
+        .expect("an HS256 token encodes")
+}
+
+/// A read_committed consumer of `topic` positioned at the current end of every partition, so it
+/// sees only what the test causes from now on.
+pub fn tail(settings: &StackSettings, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer =
+        kafka::read_committed_consumer(&settings.kafka_bootstrap, &unique("it-tail"))
+            .create()
+            .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), STACK_TIMEOUT)
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition.id(), STACK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("watermarks of {topic}: {e}"));
+        assignment
+            .add_partition_offset(topic, partition.id(), rdkafka::Offset::Offset(high))
+            .expect("offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
 }

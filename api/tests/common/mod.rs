@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{EncodingKey, Header};
-use paystream_api::auth::{Authenticator, Claims};
+use paystream_api::auth::{self, Authenticator, Claims};
 use paystream_api::metrics::ApiMetrics;
 use paystream_api::{server, AppState};
 use paystream_schemas::registry::RegistryClient;
@@ -98,20 +97,26 @@ impl TestApi {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let wallet: Uuid = body["walletId"].as_str().unwrap().parse().unwrap();
         if balance != "0" {
-            let response = self
-                .http
-                .post(format!("{}/api/v1/accounts/{wallet}/deposits", self.base_url))
-                .bearer_auth(token(user, 600))
-                .header("Idempotency-Key", Uuid::new_v4().to_string())
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"amount": {balance}}}"#))
-                .send()
-                .await
-                .unwrap();
-            let (status, body) = read(response).await;
+            let (status, body) = self.deposit(wallet, &Uuid::new_v4().to_string(), balance).await;
             assert_eq!(status, StatusCode::OK, "{body}");
         }
         (user, wallet)
+    }
+
+    /// Deposits `amount` (a JSON number's text) into `wallet` with an operator's token, as
+    /// an operator does; the answer as it came.
+    pub async fn deposit(&self, wallet: Uuid, idempotency_key: &str, amount: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/accounts/{wallet}/deposits", self.base_url))
+            .bearer_auth(operator_token())
+            .header("Idempotency-Key", idempotency_key)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"amount": {amount}}}"#))
+            .send()
+            .await
+            .unwrap();
+        read(response).await
     }
 
     /// (available, reserved, payment rows) of a wallet, straight from the database.
@@ -154,8 +159,15 @@ pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
 /// A bearer token for `user`, valid for `ttl_s` seconds (negative: already expired).
 pub fn token(user: Uuid, ttl_s: i64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = Claims { sub: user.to_string(), exp: (now + ttl_s) as u64 };
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    let exp = now + ttl_s;
+    // Issued a minute before it expires if it has already; otherwise now.
+    let iat = now.min(exp - 60);
+    auth::mint_hs256(SECRET, &Claims::issued(user, "", iat as u64, (exp - iat) as u64)).unwrap()
+}
+
+/// A token of a new operator (scope "operator"), valid for 10 minutes: what deposits need.
+pub fn operator_token() -> String {
+    auth::mint_hs256(SECRET, &Claims::operator(Uuid::new_v4(), Duration::from_secs(600))).unwrap()
 }
 
 /// A valid payment body.
