@@ -2,15 +2,21 @@
 //! folder of its own, started by one subcommand of the `paystream` binary.
 //!
 //! # Layout
-//! - [`settlement`]: consumes `payments.results` and applies each PaymentResult to the
+//! - [`consumer`]: the one consumer loop of the plain processors: consume → decode →
+//!   handle → retry → DLQ → commit, one worker per partition, rebalance-aware (a revoked
+//!   partition's worker stops and its finished offsets are committed before the partition
+//!   moves). A processor is a [`consumer::Handler`].
+//! - [`settlement`]: a handler on `payments.results` that applies each PaymentResult to the
 //!   wallet database exactly once (dedup by PaymentResultId, confirm or compensate in one
-//!   transaction), dead-lettering results that contradict the database.
-//! - [`dispatcher`]: consumes the saga's `ChargeCommand`s, charges the provider over HTTP
-//!   (idempotency key = paymentId, timeouts, full-jitter retries, bounded concurrency) and
-//!   reports each as a `DispatchOutcome` before committing the command.
-//! - [`dlq`]: the dead-letter producer every processor shares: the original record, byte
-//!   for byte, with the reason and its source in headers, acknowledged before the source
-//!   offset is committed.
+//!   transaction), dead-lettering results refused for their own data and stopping on a
+//!   broken invariant.
+//! - [`dispatcher`]: a handler on the saga's `ChargeCommand`s that charges the provider over
+//!   HTTP (idempotency key = paymentId, timeouts, full-jitter retries, 409 retried on the
+//!   same key, bounded concurrency) and reports each as a `DispatchOutcome` before the
+//!   command is committed.
+//! - [`dlq`]: the dead-letter producer every processor shares: the original record (key,
+//!   value, headers) byte for byte, with the reason and its source in `dlq.*` headers,
+//!   acknowledged before the source offset is committed.
 //! - [`retry`]: bounded retries with capped exponential back-off for transient failures,
 //!   interruptible by shutdown, so a record is retried, never skipped, and never forever.
 //! - [`shutdown`]: the shutdown trigger a processor's `run` takes as a `Future`, made
@@ -22,6 +28,7 @@
 //!
 //! Still to come: the payment view.
 
+pub mod consumer;
 pub mod dispatcher;
 pub mod dlq;
 pub mod retry;

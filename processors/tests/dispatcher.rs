@@ -8,11 +8,12 @@
 //!
 //! Waits are bounded and poll a condition (counters, topics); nothing sleeps to assert.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
@@ -75,13 +76,17 @@ struct Topics {
 
 impl Topics {
     async fn create(stack: &Stack) -> Self {
+        Self::create_with(stack, PARTITIONS).await
+    }
+
+    async fn create_with(stack: &Stack, partitions: i32) -> Self {
         let topics = Self {
             commands: testkit::unique("it.commands"),
             outcomes: testkit::unique("it.outcomes"),
             dlq: testkit::unique("it.dlq"),
         };
         for topic in [&topics.commands, &topics.outcomes, &topics.dlq] {
-            testkit::create_topic(&stack.settings, topic, PARTITIONS).await;
+            testkit::create_topic(&stack.settings, topic, partitions).await;
         }
         topics
     }
@@ -177,6 +182,75 @@ impl Simulator {
             .expect("the simulator stops")
             .expect("no panic")
             .expect("a clean stop");
+    }
+}
+
+/// A provider written for one test, for what the simulator does not do: it answers `409`
+/// (idempotency key in use) to each key's first `conflicts_first` attempts and `202`
+/// afterwards, each after `latency`, and records every attempt by its `Idempotency-Key`
+/// and by the dispatcher instance that made it (the first path segment: each instance is
+/// given `{base_url}/{instance}` as its provider URL).
+struct ScriptedProvider {
+    base_url: String,
+    /// Idempotency key → the instances of its attempts, in order.
+    attempts: Arc<Mutex<HashMap<String, Vec<String>>>>,
+}
+
+#[derive(Clone)]
+struct ScriptState {
+    attempts: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    conflicts_first: usize,
+    latency: Duration,
+}
+
+async fn scripted_charge(
+    State(state): State<ScriptState>,
+    Path(instance): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, &'static str) {
+    let key = headers
+        .get("Idempotency-Key")
+        .and_then(|v| v.to_str().ok())
+        .expect("every charge carries an Idempotency-Key")
+        .to_owned();
+    let seen = {
+        let mut attempts = state.attempts.lock().unwrap();
+        let of_key = attempts.entry(key).or_default();
+        of_key.push(instance);
+        of_key.len()
+    };
+    // The provider's own processing time, so that commands are in flight when the test acts.
+    tokio::time::sleep(state.latency).await;
+    if seen <= state.conflicts_first {
+        (StatusCode::CONFLICT, r#"{"type":"idempotency-key-in-use"}"#)
+    } else {
+        (StatusCode::ACCEPTED, r#"{"status":"pending"}"#)
+    }
+}
+
+impl ScriptedProvider {
+    async fn start(conflicts_first: usize, latency: Duration) -> Self {
+        let attempts: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+        let state = ScriptState { attempts: attempts.clone(), conflicts_first, latency };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let router = Router::new().route("/{instance}/v1/charges", post(scripted_charge)).with_state(state);
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self { base_url, attempts }
+    }
+
+    fn url_for(&self, instance: &str) -> String {
+        format!("{}/{instance}", self.base_url)
+    }
+
+    fn attempts_total(&self) -> usize {
+        self.attempts.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    fn attempts(&self) -> HashMap<String, Vec<String>> {
+        self.attempts.lock().unwrap().clone()
     }
 }
 
@@ -551,5 +625,106 @@ async fn poison_commands_are_dead_lettered_and_dispatching_continues() {
 
     running.stop().await;
     sim.stop().await;
+    topics.delete(&stack).await;
+}
+
+/// A 409 is the provider saying the idempotency key is in use: another request with it is
+/// being processed, and may charge. It is retried with back-off on the same key, never
+/// reported REJECTED (which would fail and refund a payment the provider charges): a 409
+/// followed by a 202 ends ACCEPTED after two attempts with the same key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_409_key_in_use_is_retried_on_the_same_key_and_ends_accepted() {
+    let stack = stack().await;
+    let topics = Topics::create(&stack).await;
+    let provider = ScriptedProvider::start(1, Duration::ZERO).await;
+    let charge = command("RUB");
+    produce(&stack, &topics.commands, 0, &charge).await;
+
+    let mut running = start(config(&stack, &topics, &provider.url_for("a")));
+    running.wait_for_records(1).await;
+    let outcomes = outcomes(&stack, &topics, 1).await;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_outcome(&outcomes[0], &charge, DispatchResult::Accepted, 2);
+    let attempts = provider.attempts();
+    assert_eq!(
+        attempts.get(&charge.payment_id.to_string()).map(Vec::len),
+        Some(2),
+        "two attempts, both with Idempotency-Key = paymentId: {attempts:?}"
+    );
+    assert_eq!(attempts.len(), 1, "no other key was used: {attempts:?}");
+    assert_eq!(running.metrics.errors_total("key-in-use"), 1);
+    assert_eq!(running.metrics.retries_total(), 1);
+    assert_eq!(running.metrics.outcomes_total(DispatchResult::Rejected), 0);
+
+    running.stop().await;
+    topics.delete(&stack).await;
+}
+
+/// Issue 11, scenario 5: two dispatchers in one group, the second joining while the first
+/// has commands in flight and more queued. The partitions that move are given up only
+/// after their worker stopped, dropped its queue, finished its call in flight and
+/// committed, so no payment is charged by both instances, each command is finished once,
+/// and every payment gets its outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebalance_never_lets_two_dispatchers_charge_the_same_payment() {
+    /// Six partitions, so there is something to move.
+    const REBALANCE_PARTITIONS: i32 = 6;
+    /// Commands per partition: with the provider's latency, several seconds of work each,
+    /// longer than a rebalance takes.
+    const PER_PARTITION: usize = 40;
+    /// Attempts the first instance makes before the second joins.
+    const BEFORE_JOIN: usize = 12;
+    let stack = stack().await;
+    let topics = Topics::create_with(&stack, REBALANCE_PARTITIONS).await;
+    let provider = ScriptedProvider::start(0, Duration::from_millis(200)).await;
+    let total = PER_PARTITION * REBALANCE_PARTITIONS as usize;
+    let mut commands = Vec::new();
+    for i in 0..total {
+        let charge = command("RUB");
+        let partition = i32::try_from(i).unwrap() % REBALANCE_PARTITIONS;
+        produce(&stack, &topics.commands, partition, &charge).await;
+        commands.push(charge);
+    }
+    let group = testkit::unique("it-dispatch-rebalance");
+    let config_for = |instance: &str| {
+        let mut config = config(&stack, &topics, &provider.url_for(instance));
+        config.group_id = group.clone();
+        config
+    };
+
+    let first = start(config_for("a"));
+    wait_until("the first dispatcher charging", || provider.attempts_total() >= BEFORE_JOIN).await;
+    let second = start(config_for("b"));
+    let (first_metrics, second_metrics) = (first.metrics.clone(), second.metrics.clone());
+    let finished = || first_metrics.records_total() + second_metrics.records_total();
+    wait_until("every command finished by one of the two", || {
+        assert!(!first.task.is_finished() && !second.task.is_finished(), "a dispatcher stopped early");
+        finished() >= total as u64
+    })
+    .await;
+    second.stop().await;
+    first.stop().await;
+
+    let attempts = provider.attempts();
+    let by_both: Vec<_> =
+        attempts.iter().filter(|(_, instances)| instances.iter().collect::<HashSet<_>>().len() > 1).collect();
+    assert!(by_both.is_empty(), "payments charged by both dispatchers: {by_both:?}");
+    let charged_twice: Vec<_> = attempts.iter().filter(|(_, instances)| instances.len() > 1).collect();
+    assert!(charged_twice.is_empty(), "payments charged more than once: {charged_twice:?}");
+    for charge in &commands {
+        assert!(attempts.contains_key(&charge.payment_id.to_string()), "{} never charged", charge.payment_id);
+    }
+    let charged_by = |instance: &str| attempts.values().filter(|i| i[0] == instance).count();
+    assert!(charged_by("b") > 0, "the second dispatcher took no partition: nothing was tested");
+    assert!(charged_by("a") >= BEFORE_JOIN, "the first charged before the join");
+    assert!(first_metrics.consumer().partitions_revoked_total() > 0, "the first gave partitions up");
+    assert_eq!(first_metrics.consumer().revoke_timeouts_total(), 0, "no call in flight was abandoned");
+    assert_eq!(finished(), total as u64, "a command was finished by both");
+
+    let outcomes = outcomes(&stack, &topics, total).await;
+    assert_eq!(outcomes.len(), total, "one outcome per command");
+    let answered: HashSet<Uuid> = outcomes.iter().map(|o| o.payment_id).collect();
+    assert_eq!(answered.len(), total, "every payment answered once");
+    assert!(outcomes.iter().all(|o| o.outcome == DispatchResult::Accepted), "{outcomes:?}");
     topics.delete(&stack).await;
 }

@@ -7,22 +7,13 @@
 use paystream_schemas::events::DispatchResult;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::consumer::{ConsumerMetrics, Labels};
+
 /// The `type` label of HTTP errors (see [`super::provider::AttemptError::label`]; `4xx`
-/// counts rejections as well as 408/429).
-pub const ERROR_TYPES: &[&str] = &["timeout", "connect", "5xx", "4xx", "other"];
-/// Kafka-side operations that are retried, the `operation` label.
-pub const OPERATIONS: &[&str] = &["decode", "encode", "produce", "dead-letter", "consume"];
-/// Decoder errors that dead-letter a command (`paystream_schemas::DecodeError::kind`).
-const DECODE_REASONS: &[&str] = &[
-    "empty",
-    "truncated",
-    "wrong-magic-byte",
-    "unknown-schema-id",
-    "registry-error",
-    "malformed-body",
-    "incompatible-schema",
-    "contract-violation",
-];
+/// counts rejections as well as 408/429, `key-in-use` the 409s retried on the same key).
+pub const ERROR_TYPES: &[&str] = &["timeout", "connect", "5xx", "4xx", "key-in-use", "other"];
+/// Kafka-side operations the handler retries besides the loop's own, the `operation` label.
+pub const OPERATIONS: &[&str] = &["encode", "produce"];
 const OUTCOMES: [DispatchResult; 3] =
     [DispatchResult::Accepted, DispatchResult::Rejected, DispatchResult::RetriesExhausted];
 
@@ -41,17 +32,18 @@ pub struct DispatcherMetrics {
     in_flight: IntGauge,
     /// Commands skipped because their commandId was answered within the window.
     duplicates: IntCounter,
-    /// Commands sent to the DLQ, by `reason`.
-    dead_lettered: IntCounterVec,
-    /// Kafka-side transient failures that were retried, by `operation`.
-    kafka_retries: IntCounterVec,
-    /// Commands finished and committed: outcomes + duplicates + dead-lettered.
-    records: IntCounter,
+    /// The loop's counters under `paystream_dispatcher`: dead letters by reason, Kafka-side
+    /// retries by operation, records finished, revocations.
+    consumer: ConsumerMetrics,
 }
 
 impl DispatcherMetrics {
     /// Creates the metrics and registers them in `registry` (one dispatcher per registry).
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let consumer = ConsumerMetrics::register(
+            registry,
+            Labels { prefix: "paystream_dispatcher", reasons: &[], operations: OPERATIONS },
+        )?;
         let metrics = Self {
             attempts: IntCounter::new("paystream_dispatcher_http_attempts_total", "HTTP charge attempts.")?,
             retries: IntCounter::new(
@@ -74,18 +66,7 @@ impl DispatcherMetrics {
                 "paystream_dispatcher_commands_duplicate_total",
                 "Commands whose commandId was already answered; the provider was not called.",
             )?,
-            dead_lettered: IntCounterVec::new(
-                Opts::new("paystream_dispatcher_dead_lettered_total", "Commands sent to the DLQ."),
-                &["reason"],
-            )?,
-            kafka_retries: IntCounterVec::new(
-                Opts::new("paystream_dispatcher_retries_total", "Kafka-side transient failures retried."),
-                &["operation"],
-            )?,
-            records: IntCounter::new(
-                "paystream_dispatcher_records_total",
-                "Commands finished and committed: answered, duplicate or dead-lettered.",
-            )?,
+            consumer,
         };
         registry.register(Box::new(metrics.attempts.clone()))?;
         registry.register(Box::new(metrics.retries.clone()))?;
@@ -93,22 +74,18 @@ impl DispatcherMetrics {
         registry.register(Box::new(metrics.outcomes.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
-        registry.register(Box::new(metrics.dead_lettered.clone()))?;
-        registry.register(Box::new(metrics.kafka_retries.clone()))?;
-        registry.register(Box::new(metrics.records.clone()))?;
         for error_type in ERROR_TYPES {
             metrics.errors.with_label_values(&[error_type]);
         }
         for outcome in OUTCOMES {
             metrics.outcomes.with_label_values(&[outcome.symbol()]);
         }
-        for reason in DECODE_REASONS {
-            metrics.dead_lettered.with_label_values(&[reason]);
-        }
-        for operation in OPERATIONS {
-            metrics.kafka_retries.with_label_values(&[operation]);
-        }
         Ok(metrics)
+    }
+
+    /// The loop's counters.
+    pub fn consumer(&self) -> &ConsumerMetrics {
+        &self.consumer
     }
 
     pub(crate) fn record_attempt(&self) {
@@ -129,21 +106,10 @@ impl DispatcherMetrics {
 
     pub(crate) fn record_outcome(&self, outcome: DispatchResult) {
         self.outcomes.with_label_values(&[outcome.symbol()]).inc();
-        self.records.inc();
     }
 
     pub(crate) fn record_duplicate(&self) {
         self.duplicates.inc();
-        self.records.inc();
-    }
-
-    pub(crate) fn record_dead_lettered(&self, reason: &str) {
-        self.dead_lettered.with_label_values(&[reason]).inc();
-        self.records.inc();
-    }
-
-    pub(crate) fn record_kafka_retry(&self, operation: &str) {
-        self.kafka_retries.with_label_values(&[operation]).inc();
     }
 
     /// HTTP attempts so far.
@@ -178,17 +144,17 @@ impl DispatcherMetrics {
 
     /// Commands dead-lettered with `reason` so far.
     pub fn dead_lettered_total(&self, reason: &str) -> u64 {
-        self.dead_lettered.with_label_values(&[reason]).get()
+        self.consumer.dead_lettered_total(reason)
     }
 
     /// Kafka-side retries of `operation` so far.
     pub fn kafka_retries_total(&self, operation: &str) -> u64 {
-        self.kafka_retries.with_label_values(&[operation]).get()
+        self.consumer.retries_total(operation)
     }
 
-    /// Commands finished and committed so far.
+    /// Commands finished and committed so far: answered, duplicate or dead-lettered.
     pub fn records_total(&self) -> u64 {
-        self.records.get()
+        self.consumer.records_total()
     }
 }
 
@@ -197,7 +163,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_label_value_is_exported_from_the_start_and_records_add_up() {
+    fn every_label_value_is_exported_from_the_start() {
         let registry = Registry::new();
         let metrics = DispatcherMetrics::register(&registry).unwrap();
         let families = registry.gather();
@@ -205,10 +171,11 @@ mod tests {
             |name: &str| families.iter().find(|f| f.name() == name).map_or(0, |f| f.get_metric().len());
         assert_eq!(series("paystream_dispatcher_http_errors_total"), ERROR_TYPES.len());
         assert_eq!(series("paystream_dispatcher_outcomes_total"), 3);
+        assert_eq!(series("paystream_dispatcher_records_total"), 1);
         metrics.record_outcome(DispatchResult::Accepted);
         metrics.record_duplicate();
-        metrics.record_dead_lettered("empty");
-        assert_eq!(metrics.records_total(), 3);
+        assert_eq!(metrics.outcomes_total(DispatchResult::Accepted), 1);
+        assert_eq!(metrics.duplicates_total(), 1);
         assert!(DispatcherMetrics::register(&registry).is_err(), "one dispatcher per registry");
     }
 }

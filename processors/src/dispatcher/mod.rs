@@ -2,19 +2,24 @@
 //! what became of it as a `DispatchOutcome`.
 //!
 //! It reads `payments.provider-commands` (`read_committed`: only commands of committed
-//! saga transactions; group `paystream-dispatcher`). For each command:
+//! saga transactions; group `paystream-dispatcher`) through the shared consumer loop
+//! ([`crate::consumer`]: decode, retries, DLQ, commits, rebalances). For each command:
 //!
-//! 1. decode it (the registry being away is retried; any other decode error sends the
-//!    record to the DLQ with the error's kind as the reason);
-//! 2. skip it if its commandId was answered within the in-memory window ([`dedup`]);
-//! 3. call the provider ([`provider`]): `POST /v1/charges` with
+//! 1. skip it if its commandId was answered within the in-memory window ([`dedup`]);
+//! 2. call the provider ([`provider`]): `POST /v1/charges` with
 //!    `Idempotency-Key: <paymentId>`, connect and request timeouts, at most
 //!    [`HttpRetryPolicy::attempts_max`] attempts spaced by full-jitter backoff ([`backoff`]),
 //!    at most [`DispatcherConfig::concurrency_max`] calls on the wire at once;
-//! 4. produce the outcome to `payments.dispatch-outcomes`, keyed by paymentId, with an
+//! 3. produce the outcome to `payments.dispatch-outcomes`, keyed by paymentId, with an
 //!    idempotent producer, and wait for the broker's acknowledgement: `ACCEPTED` on a 2xx,
-//!    `REJECTED` on a 4xx other than 408/429, `RETRIES_EXHAUSTED` after the last attempt;
-//! 5. only then store and commit the command's offset.
+//!    `REJECTED` on a 4xx other than 408, 409 and 429, `RETRIES_EXHAUSTED` after the last
+//!    attempt;
+//! 4. only then does the loop store and commit the command's offset.
+//!
+//! A 409 is the provider saying the key is in use: a request with the same
+//! idempotency key is being processed (Stripe's answer to a concurrent request). It says
+//! nothing against the charge, so it is retried with back-off on the same key, never
+//! reported REJECTED (which would fail and refund a payment the other request charges).
 //!
 //! # Delivery
 //!
@@ -26,24 +31,33 @@
 //! charges nothing), and the saga must deduplicate outcomes by commandId. The commandId
 //! window here only saves calls; the provider's key is the guarantee.
 //!
-//! After `RETRIES_EXHAUSTED` the provider may still have taken the charge (a 202 lost to
-//! a timeout); its callback then arrives after the saga has failed the payment, and the
-//! saga's terminal state absorbs it (DESIGN.md). Reconciling such a charge with the
-//! provider is outside the dispatcher.
+//! A rebalance never lets two dispatchers work one command at once: the loop stops a
+//! revoked partition's worker, lets its call in flight finish and commits, before the
+//! partition can move ([`crate::consumer::rebalance`]).
+//!
+//! # Uncertain outcomes
+//!
+//! When the attempts run out after an attempt that may have reached the provider (a
+//! timeout, a 5xx, a 409), the provider may hold the charge. [`Verdict::Exhausted`]
+//! marks that `uncertain`; it is reported `RETRIES_EXHAUSTED` with the uncertainty in
+//! the detail. [`Verdict::report`] is the hook where asking the provider for the charge's
+//! status belongs before anything is reported (DESIGN.md: an uncertain outcome is
+//! verified before the wallet is refunded); that verify path is not built here.
 //!
 //! # Concurrency and order
 //!
-//! One task per assigned partition processes its commands in order, so the commands of
-//! one payment (one key, one partition) are never reordered; partitions proceed
-//! concurrently, and a semaphore bounds the HTTP calls in flight across all of them. A
-//! command that is being retried holds up its partition for at most
+//! The loop works each partition's commands in order, so the commands of one payment
+//! (one key, one partition) are never reordered; partitions proceed concurrently, and a
+//! semaphore bounds the HTTP calls in flight across all of them. A command that is being
+//! retried holds up its partition for at most
 //! `attempts_max × request timeout + (attempts_max − 1) × backoff_max` (40 s with the
-//! defaults); the other partitions carry on. Each partition task buffers at most
-//! [`DispatcherConfig::partition_buffer_max`] records; when it is full the consumer waits.
+//! defaults); the other partitions carry on. Each partition queues at most
+//! [`DispatcherConfig::partition_buffer_max`] commands.
 //!
-//! On shutdown no new command is started; a call in progress finishes (bounded by the
-//! request timeout) and its outcome is produced and committed; a command waiting for its
-//! next attempt is left uncommitted and will be dispatched again by the next run.
+//! On shutdown or revocation no new command is started; a call in progress finishes
+//! (bounded by the request timeout) and its outcome is produced and committed; a command
+//! waiting for its next attempt is left uncommitted and is dispatched again by the next
+//! owner.
 
 pub mod backoff;
 pub mod dedup;
@@ -51,28 +65,24 @@ pub mod metrics;
 pub mod provider;
 
 use paystream_topology::dlq::truncate;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paystream_schemas::events::{topics, ChargeCommand, DispatchOutcome, DispatchResult};
-use paystream_schemas::{time, DecodeError, EventCodec};
+use paystream_schemas::{time, EventCodec};
 use paystream_stack::kafka;
 use paystream_stack::StackSettings;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::error::SRCError;
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 
-use crate::dlq::{self, DeadLetter, DeadLetterQueue, SourceRecord};
-use crate::retry::{self, Backoff, RetryError, RetryPolicy};
-use crate::shutdown::Shutdown;
+use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler, Stop};
+use crate::dlq;
+use crate::retry::RetryPolicy;
 
 pub use backoff::HttpRetryPolicy;
 pub use dedup::DedupWindow;
@@ -91,11 +101,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// HTTP calls in flight across all partitions.
 pub const CONCURRENCY_MAX: usize = 32;
-/// Records buffered per partition task.
-pub const PARTITION_BUFFER_MAX: usize = 256;
-/// `max.poll.interval.ms`: the consumer may wait on a full partition buffer this long
-/// before the group considers it dead.
-pub const MAX_POLL_INTERVAL_MS: u64 = 300_000;
 /// How long an outcome may wait for the broker's acknowledgement before the send fails
 /// and is retried.
 pub const DELIVERY_TIMEOUT_MS: u64 = 30_000;
@@ -129,7 +134,7 @@ pub struct DispatcherConfig {
     pub http_retry: HttpRetryPolicy,
     /// HTTP calls in flight at once, across partitions.
     pub concurrency_max: usize,
-    /// Records buffered per partition task.
+    /// Commands queued per partition worker.
     pub partition_buffer_max: usize,
     /// Command ids remembered for deduplication.
     pub dedup_window_max: usize,
@@ -154,10 +159,25 @@ impl DispatcherConfig {
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             http_retry: HttpRetryPolicy::default(),
             concurrency_max: CONCURRENCY_MAX,
-            partition_buffer_max: PARTITION_BUFFER_MAX,
+            partition_buffer_max: consumer::QUEUE_MAX,
             dedup_window_max: dedup::WINDOW_MAX,
             retry: RetryPolicy::default(),
             metrics,
+        }
+    }
+
+    /// The shared loop's part of the configuration.
+    pub fn consumer(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            processor: PROCESSOR,
+            kafka_bootstrap: self.kafka_bootstrap.clone(),
+            schema_registry_url: self.schema_registry_url.clone(),
+            topic: self.commands_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            group_id: self.group_id.clone(),
+            retry: self.retry,
+            queue_max: self.partition_buffer_max,
+            revoke_drain: Duration::from_millis(consumer::REVOKE_DRAIN_MAX_MS),
         }
     }
 }
@@ -165,6 +185,9 @@ impl DispatcherConfig {
 /// Why the dispatcher stopped other than by a requested shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The dispatcher was started on a current-thread runtime.
+    #[error("the dispatcher needs a multi-thread tokio runtime")]
+    Runtime,
     /// The registry client could not be built (a malformed URL).
     #[error("schema registry client: {0}")]
     Registry(#[source] SRCError),
@@ -201,17 +224,31 @@ pub enum DispatchError {
     Commit(#[source] KafkaError),
 }
 
+impl From<ConsumerError<DispatchError>> for DispatchError {
+    fn from(error: ConsumerError<DispatchError>) -> Self {
+        match error {
+            ConsumerError::Runtime => Self::Runtime,
+            ConsumerError::Registry(error) => Self::Registry(error),
+            ConsumerError::Kafka(error) => Self::Kafka(error),
+            ConsumerError::RetriesExhausted { operation, topic, partition, offset, attempts, last_error } => {
+                Self::RetriesExhausted { operation, topic, partition, offset, attempts, last_error }
+            }
+            ConsumerError::DeadLetter { topic, partition, offset, source } => {
+                Self::Produce { operation: "dead-letter", topic, partition, offset, source }
+            }
+            // The handler's errors already name their record.
+            ConsumerError::Handler { source, .. } => source,
+            ConsumerError::Commit(error) => Self::Commit(error),
+        }
+    }
+}
+
 /// Runs the dispatcher until `shutdown` completes or an error stops it.
 pub async fn run(config: DispatcherConfig, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
-    let mut shutdown = Shutdown::new(shutdown);
     let codec = EventCodec::new(&config.schema_registry_url).map_err(DispatchError::Registry)?;
-    let dlq = DeadLetterQueue::new(&config.kafka_bootstrap, &config.dlq_topic, PROCESSOR)
-        .map_err(DispatchError::Kafka)?;
     let producer: FutureProducer = producer_config(&config).create().map_err(DispatchError::Kafka)?;
     let provider = ProviderClient::new(&config.provider_url, config.connect_timeout, config.request_timeout)
         .map_err(DispatchError::Http)?;
-    let consumer: StreamConsumer = consumer_config(&config).create().map_err(DispatchError::Kafka)?;
-    consumer.subscribe(&[&config.commands_topic]).map_err(DispatchError::Kafka)?;
     tracing::info!(
         topic = %config.commands_topic,
         outcomes = %config.outcomes_topic,
@@ -219,45 +256,19 @@ pub async fn run(config: DispatcherConfig, shutdown: impl Future<Output = ()>) -
         provider = %provider.charges_url(),
         attempts_max = config.http_retry.attempts_max,
         concurrency_max = config.concurrency_max,
-        "dispatcher started"
+        "dispatcher starting"
     );
-    let shared = Arc::new(Shared {
+    let consumer_config = config.consumer();
+    let consumer_metrics = config.metrics.consumer().clone();
+    let handler = Arc::new(Dispatch {
         calls: Semaphore::new(config.concurrency_max.max(1)),
         dedup: Mutex::new(DedupWindow::new(config.dedup_window_max)),
-        consumer: Arc::new(consumer),
         config,
         codec,
-        dlq,
         producer,
         provider,
     });
-
-    let (stop, stopped) = watch::channel(false);
-    let mut partitions = Partitions { senders: HashMap::new(), tasks: JoinSet::new(), stopped };
-    let consumed = consume(&shared, &mut partitions, &mut shutdown).await;
-    // Stop every partition task (a call in progress finishes first) and collect them.
-    let _ = stop.send(true);
-    let drained = partitions.join_all().await;
-    let closed = close(shared).await;
-    let result = consumed.and(drained).and(closed);
-    match &result {
-        Ok(()) => tracing::info!("dispatcher stopped"),
-        Err(error) => tracing::error!(%error, "dispatcher stopped with an error"),
-    }
-    result
-}
-
-/// The consumer's settings: the stack's read_committed, manual-commit consumer.
-fn consumer_config(config: &DispatcherConfig) -> rdkafka::ClientConfig {
-    let mut client = kafka::read_committed_consumer(&config.kafka_bootstrap, &config.group_id);
-    client
-        .set("client.id", format!("paystream-{PROCESSOR}"))
-        // Offsets are stored by the partition tasks after each command's outcome is
-        // acknowledged, and committed explicitly; both automatic paths stay off.
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string());
-    client
+    consumer::run(consumer_config, handler, consumer_metrics, shutdown).await.map_err(DispatchError::from)
 }
 
 /// The outcome producer: idempotent, `acks=all`, Java's murmur2 partitioner (so an
@@ -270,11 +281,11 @@ fn producer_config(config: &DispatcherConfig) -> rdkafka::ClientConfig {
     client
 }
 
-/// What the partition tasks share.
-struct Shared {
+/// The dispatcher's meaning of a command, shared by the partition workers.
+struct Dispatch {
     config: DispatcherConfig,
+    /// Encodes outcomes.
     codec: EventCodec,
-    dlq: DeadLetterQueue,
     /// Writes outcomes.
     producer: FutureProducer,
     /// Calls the provider.
@@ -283,199 +294,77 @@ struct Shared {
     calls: Semaphore,
     /// Command ids answered recently (a short critical section, never across an `.await`).
     dedup: Mutex<DedupWindow>,
-    /// Partition tasks store offsets through it; the main loop receives from it.
-    consumer: Arc<StreamConsumer>,
 }
 
-/// The partition tasks and the channels that feed them.
-struct Partitions {
-    /// One bounded channel per partition seen, to its task.
-    senders: HashMap<(String, i32), mpsc::Sender<OwnedMessage>>,
-    /// The tasks; one ends early only with an error (or a panic).
-    tasks: JoinSet<Result<(), DispatchError>>,
-    /// Turns true when the tasks are to stop.
-    stopped: watch::Receiver<bool>,
-}
-
-impl Partitions {
-    /// The channel to `record`'s partition task, starting the task on first use.
-    fn sender(&mut self, shared: &Arc<Shared>, record: &OwnedMessage) -> mpsc::Sender<OwnedMessage> {
-        let key = (record.topic().to_owned(), record.partition());
-        self.senders
-            .entry(key)
-            .or_insert_with(|| {
-                let (sender, receiver) = mpsc::channel(shared.config.partition_buffer_max.max(1));
-                self.tasks.spawn(partition_task(shared.clone(), receiver, self.stopped.clone()));
-                sender
-            })
-            .clone()
-    }
-
-    /// Closes the channels and waits for every task; the first error wins.
-    async fn join_all(mut self) -> Result<(), DispatchError> {
-        self.senders.clear();
-        let mut result = Ok(());
-        while let Some(joined) = self.tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    if result.is_ok() {
-                        result = Err(error);
-                    }
-                }
-                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-                Err(_cancelled) => {}
-            }
-        }
-        result
-    }
-}
-
-/// The main loop: receive, hand each record to its partition's task, watch the tasks.
-async fn consume<S: Future<Output = ()>>(
-    shared: &Arc<Shared>,
-    partitions: &mut Partitions,
-    shutdown: &mut Shutdown<S>,
-) -> Result<(), DispatchError> {
-    let mut receive_backoff = Backoff::new(shared.config.retry);
-    loop {
-        let received = tokio::select! {
-            biased;
-            () = shutdown.recv() => return Ok(()),
-            Some(joined) = partitions.tasks.join_next() => match joined {
-                // A task ends early only with an error: stop everything with it.
-                Ok(Ok(())) => continue,
-                Ok(Err(error)) => return Err(error),
-                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-                Err(_cancelled) => continue,
-            },
-            received = shared.consumer.recv() => received.map(|message| message.detach()),
-        };
-        let record = match received {
-            Ok(record) => record,
-            Err(error) => {
-                let Some(delay) = receive_backoff.next_delay() else {
-                    return Err(DispatchError::Kafka(error));
-                };
-                shared.config.metrics.record_kafka_retry("consume");
-                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "receiving failed; retrying");
-                tokio::select! {
-                    () = shutdown.recv() => return Ok(()),
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
-        };
-        receive_backoff.reset();
-        let sender = partitions.sender(shared, &record);
-        tokio::select! {
-            biased;
-            () = shutdown.recv() => return Ok(()),
-            sent = sender.send(record) => {
-                if sent.is_err() {
-                    // The task is gone, so it failed: its error is collected by join_all,
-                    // and nothing after this record may be committed by anyone else.
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// What happened to one command.
-enum Handled {
-    /// Its outcome is durable (answered, duplicate or dead-lettered): commit past it.
-    Done,
-    /// Shutdown arrived while it waited to be retried: leave it uncommitted.
-    Interrupted,
-}
-
-/// Processes one partition's commands in order until its channel closes or stop is set.
-async fn partition_task(
-    shared: Arc<Shared>,
-    mut records: mpsc::Receiver<OwnedMessage>,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<(), DispatchError> {
-    let mut shutdown = Shutdown::new(async move {
-        // A dropped sender means the dispatcher is going away: stop as well.
-        let _ = stopped.wait_for(|stop| *stop).await;
-    });
-    loop {
-        let record = tokio::select! {
-            biased;
-            () = shutdown.recv() => return Ok(()),
-            record = records.recv() => match record {
-                Some(record) => record,
-                None => return Ok(()),
-            },
-        };
-        match shared.handle(&record, &mut shutdown).await? {
-            Handled::Done => shared.store_and_commit(&record),
-            Handled::Interrupted => return Ok(()),
-        }
-    }
-}
-
-/// The result of calling the provider for one command.
+/// How the calls for one command ended, before it is reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Dispatched {
-    outcome: DispatchResult,
-    attempts: u32,
-    detail: String,
+pub enum Verdict {
+    /// 2xx: the provider took the charge.
+    Accepted { status: u16, attempts: u32 },
+    /// A 4xx other than 408, 409, 429: the provider refuses the charge for good.
+    Rejected { status: u16, excerpt: String, attempts: u32 },
+    /// The attempts ran out. `uncertain` when the last one may have reached the provider
+    /// ([`AttemptError::may_have_reached_provider`]): the provider may hold the charge.
+    Exhausted { attempts: u32, last: AttemptError, uncertain: bool },
 }
 
-impl Shared {
-    /// Decodes, deduplicates, dispatches and reports one command, or dead-letters it.
-    async fn handle<S: Future<Output = ()>>(
-        &self,
-        record: &OwnedMessage,
-        shutdown: &mut Shutdown<S>,
-    ) -> Result<Handled, DispatchError> {
-        let source = SourceRecord {
-            topic: record.topic().to_owned(),
-            partition: record.partition(),
-            offset: record.offset(),
-        };
-        // A record without a value (a tombstone) decodes as "empty" and is dead-lettered.
-        let payload = record.payload().unwrap_or_default();
-        let codec = &self.codec;
-        let decoded = retry::retry(
-            self.config.retry,
-            shutdown,
-            || codec.decode::<ChargeCommand>(payload),
-            DecodeError::is_retriable,
-            |error, delay| self.on_retry("decode", &source, error, delay),
-        )
-        .await;
-        let command = match decoded {
-            Ok(command) => command,
-            Err(RetryError::Permanent(error)) => {
-                return self.dead_letter(record, &source, error.kind(), &error.to_string(), shutdown).await;
+impl Verdict {
+    /// The outcome to report: its result, attempts and detail.
+    ///
+    /// The hook for uncertain outcomes: an uncertain [`Verdict::Exhausted`] is where the
+    /// verify path (ask the provider for the charge's status, void it if needed) will
+    /// decide what to report. Until it exists it is reported `RETRIES_EXHAUSTED`, the
+    /// detail saying the provider may hold the charge.
+    pub fn report(&self) -> (DispatchResult, u32, String) {
+        match self {
+            Self::Accepted { status, attempts } => {
+                (DispatchResult::Accepted, *attempts, format!("provider answered {status}"))
             }
-            Err(RetryError::Exhausted { attempts, last }) => {
-                return Err(exhausted("decode", &source, attempts, &last));
+            Self::Rejected { status, excerpt, attempts } => {
+                (DispatchResult::Rejected, *attempts, format!("provider answered {status}: {excerpt}"))
             }
-            Err(RetryError::Interrupted) => return Ok(Handled::Interrupted),
-        };
+            Self::Exhausted { attempts, last, uncertain } => {
+                let certainty = if *uncertain {
+                    "uncertain: the provider may hold the charge"
+                } else {
+                    "the provider did not take the charge"
+                };
+                (
+                    DispatchResult::RetriesExhausted,
+                    *attempts,
+                    format!("no acceptance after {attempts} attempts ({certainty}); last: {last}"),
+                )
+            }
+        }
+    }
+}
 
+impl Handler for Dispatch {
+    type Event = ChargeCommand;
+    type Error = DispatchError;
+
+    /// Deduplicates, dispatches and reports one command.
+    async fn handle(&self, command: &ChargeCommand, context: &mut Context<'_>) -> Handled<DispatchError> {
         if self.lock_dedup().contains(&command.command_id) {
             self.config.metrics.record_duplicate();
             tracing::debug!(command_id = %command.command_id, payment_id = %command.payment_id, "duplicate command skipped");
-            return Ok(Handled::Done);
+            return Handled::Done;
         }
-
-        let Some(dispatched) = self.dispatch(&command, shutdown).await else {
-            return Ok(Handled::Interrupted);
+        let Some(verdict) = self.dispatch(command, context.stop).await else {
+            return Handled::Interrupted;
         };
+        let (result, attempts, detail) = verdict.report();
         let outcome = DispatchOutcome {
             command_id: command.command_id,
             payment_id: command.payment_id,
-            outcome: dispatched.outcome,
-            attempts: i32::try_from(dispatched.attempts).unwrap_or(i32::MAX),
-            detail: truncate(&dispatched.detail, DETAIL_BYTES_MAX).to_owned(),
+            outcome: result,
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            detail: truncate(&detail, DETAIL_BYTES_MAX).to_owned(),
             decided_at: time::now(),
         };
-        if let Handled::Interrupted = self.publish(&outcome, record, &source, shutdown).await? {
-            return Ok(Handled::Interrupted);
+        match self.publish(&outcome, context).await {
+            Handled::Done => {}
+            unfinished => return unfinished,
         }
         self.lock_dedup().insert(command.command_id);
         self.config.metrics.record_outcome(outcome.outcome);
@@ -487,21 +376,19 @@ impl Shared {
             detail = %outcome.detail,
             "charge dispatched"
         );
-        Ok(Handled::Done)
+        Handled::Done
     }
+}
 
+impl Dispatch {
     fn lock_dedup(&self) -> std::sync::MutexGuard<'_, DedupWindow> {
         // Every change to the window is a single call; a panic elsewhere leaves it usable.
         self.dedup.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Calls the provider until it accepts or rejects the charge or the attempts run out;
-    /// `None` when shutdown arrives during a pause between attempts.
-    async fn dispatch<S: Future<Output = ()>>(
-        &self,
-        command: &ChargeCommand,
-        shutdown: &mut Shutdown<S>,
-    ) -> Option<Dispatched> {
+    /// `None` when the stop signal arrives before an attempt or during a pause.
+    async fn dispatch(&self, command: &ChargeCommand, stop: &mut Stop) -> Option<Verdict> {
         let metrics = &self.config.metrics;
         let policy = self.config.http_retry;
         let attempts_max = policy.attempts_max.max(1);
@@ -511,7 +398,7 @@ impl Shared {
             let result = {
                 let _permit = tokio::select! {
                     biased;
-                    () = shutdown.recv() => return None,
+                    () = stop.recv() => return None,
                     // The semaphore is never closed, so acquiring only waits.
                     permit = self.calls.acquire() => permit.ok()?,
                 };
@@ -522,25 +409,17 @@ impl Shared {
                 result
             };
             let error = match result {
-                Attempt::Accepted { status } => {
-                    let detail = format!("provider answered {status}");
-                    return Some(Dispatched { outcome: DispatchResult::Accepted, attempts: attempt, detail });
-                }
+                Attempt::Accepted { status } => return Some(Verdict::Accepted { status, attempts: attempt }),
                 Attempt::Rejected { status, excerpt } => {
                     metrics.record_error("4xx");
-                    let detail = format!("provider answered {status}: {excerpt}");
-                    return Some(Dispatched { outcome: DispatchResult::Rejected, attempts: attempt, detail });
+                    return Some(Verdict::Rejected { status, excerpt, attempts: attempt });
                 }
                 Attempt::Failed(error) => error,
             };
             metrics.record_error(error.label());
             if attempt >= attempts_max {
-                let detail = format!("no acceptance after {attempt} attempts; last: {error}");
-                return Some(Dispatched {
-                    outcome: DispatchResult::RetriesExhausted,
-                    attempts: attempt,
-                    detail,
-                });
+                let uncertain = error.may_have_reached_provider();
+                return Some(Verdict::Exhausted { attempts: attempt, last: error, uncertain });
             }
             let delay = policy.full_jitter(attempt, &mut rand::rng());
             metrics.record_retry();
@@ -550,230 +429,68 @@ impl Shared {
                 error_type = error.label(),
                 %error,
                 delay_ms = delay.as_millis() as u64,
-                "charge attempt failed; retrying"
+                "charge attempt failed; retrying on the same key"
             );
             tokio::select! {
-                () = shutdown.recv() => return None,
+                () = stop.recv() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
         }
     }
 
     /// Encodes and produces `outcome` keyed by its paymentId, and waits for the broker's
-    /// acknowledgement. The command's `traceparent` header travels on.
-    async fn publish<S: Future<Output = ()>>(
-        &self,
-        outcome: &DispatchOutcome,
-        record: &OwnedMessage,
-        source: &SourceRecord,
-        shutdown: &mut Shutdown<S>,
-    ) -> Result<Handled, DispatchError> {
+    /// acknowledgement. The command's `traceparent` header travels on. Retried here, not
+    /// by the loop, so a Kafka hiccup does not repeat the HTTP call.
+    async fn publish(&self, outcome: &DispatchOutcome, context: &mut Context<'_>) -> Handled<DispatchError> {
         let codec = &self.codec;
-        let encoded = retry::retry(
-            self.config.retry,
-            shutdown,
-            || codec.encode(outcome),
-            |_| true,
-            |error, delay| self.on_retry("encode", source, error, delay),
-        )
-        .await;
+        let encoded = context.retry("encode", || codec.encode(outcome), |_| true).await;
         let payload = match encoded {
             Ok(payload) => payload,
-            Err(RetryError::Exhausted { attempts, last }) => {
-                return Err(exhausted("encode", source, attempts, &last))
+            Err(error) => {
+                return Handled::from_retry("encode", error, |last| Handled::Exhausted {
+                    operation: "encode",
+                    attempts: 1,
+                    last_error: last.to_string(),
+                })
             }
-            Err(RetryError::Permanent(last)) => return Err(exhausted("encode", source, 1, &last)),
-            Err(RetryError::Interrupted) => return Ok(Handled::Interrupted),
         };
         let key = outcome.payment_id.to_string();
-        let traceparent = record.headers().and_then(|headers| {
+        let traceparent = context.message.headers().and_then(|headers| {
             headers.iter().find(|h| h.key == "traceparent").and_then(|h| h.value.map(<[u8]>::to_vec))
         });
         let topic = &self.config.outcomes_topic;
-        let sent = retry::retry(
-            self.config.retry,
-            shutdown,
-            || {
-                let mut headers =
-                    OwnedHeaders::new().insert(Header { key: "eventType", value: Some("DispatchOutcome") });
-                if let Some(traceparent) = &traceparent {
-                    headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
-                }
-                let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
-                async move {
-                    self.producer
-                        .send(record, Timeout::After(Duration::from_millis(ENQUEUE_TIMEOUT_MS)))
-                        .await
-                        .map_err(|(error, _unsent)| error)
-                }
-            },
-            |error: &KafkaError| !is_permanent_delivery_error(error),
-            |error, delay| self.on_retry("produce", source, error, delay),
-        )
-        .await;
+        let sent = context
+            .retry(
+                "produce",
+                || {
+                    let mut headers = OwnedHeaders::new()
+                        .insert(Header { key: "eventType", value: Some("DispatchOutcome") });
+                    if let Some(traceparent) = &traceparent {
+                        headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
+                    }
+                    let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
+                    async move {
+                        self.producer
+                            .send(record, Timeout::After(Duration::from_millis(ENQUEUE_TIMEOUT_MS)))
+                            .await
+                            .map_err(|(error, _unsent)| error)
+                    }
+                },
+                |error: &KafkaError| !consumer::is_permanent_delivery_error(error),
+            )
+            .await;
         match sent {
-            Ok(_delivery) => Ok(Handled::Done),
-            Err(RetryError::Permanent(error)) => Err(DispatchError::Produce {
-                operation: "produce",
-                topic: source.topic.clone(),
-                partition: source.partition,
-                offset: source.offset,
-                source: error,
+            Ok(_delivery) => Handled::Done,
+            Err(error) => Handled::from_retry("produce", error, |error| {
+                Handled::Fatal(DispatchError::Produce {
+                    operation: "produce",
+                    topic: context.source.topic.clone(),
+                    partition: context.source.partition,
+                    offset: context.source.offset,
+                    source: error,
+                })
             }),
-            Err(RetryError::Exhausted { attempts, last }) => {
-                Err(exhausted("produce", source, attempts, &last))
-            }
-            Err(RetryError::Interrupted) => Ok(Handled::Interrupted),
         }
-    }
-
-    /// Writes the original record to the DLQ and waits for the broker's acknowledgement.
-    async fn dead_letter<S: Future<Output = ()>>(
-        &self,
-        record: &OwnedMessage,
-        source: &SourceRecord,
-        reason: &str,
-        detail: &str,
-        shutdown: &mut Shutdown<S>,
-    ) -> Result<Handled, DispatchError> {
-        let letter = DeadLetter {
-            source,
-            key: record.key(),
-            value: record.payload(),
-            headers: record.headers(),
-            reason,
-            detail,
-        };
-        let dlq = &self.dlq;
-        let sent = retry::retry(
-            self.config.retry,
-            shutdown,
-            || dlq.send(&letter),
-            |error: &KafkaError| !is_permanent_delivery_error(error),
-            |error, delay| self.on_retry("dead-letter", source, error, delay),
-        )
-        .await;
-        match sent {
-            Ok(delivered) => {
-                self.config.metrics.record_dead_lettered(reason);
-                tracing::warn!(
-                    topic = %source.topic,
-                    partition = source.partition,
-                    offset = source.offset,
-                    reason,
-                    detail,
-                    dlq = %dlq.topic(),
-                    dlq_partition = delivered.partition,
-                    dlq_offset = delivered.offset,
-                    "command dead-lettered"
-                );
-                Ok(Handled::Done)
-            }
-            Err(RetryError::Permanent(error)) => Err(DispatchError::Produce {
-                operation: "dead-letter",
-                topic: source.topic.clone(),
-                partition: source.partition,
-                offset: source.offset,
-                source: error,
-            }),
-            Err(RetryError::Exhausted { attempts, last }) => {
-                Err(exhausted("dead-letter", source, attempts, &last))
-            }
-            Err(RetryError::Interrupted) => Ok(Handled::Interrupted),
-        }
-    }
-
-    fn on_retry(
-        &self,
-        operation: &'static str,
-        source: &SourceRecord,
-        error: &dyn std::fmt::Display,
-        delay: Duration,
-    ) {
-        self.config.metrics.record_kafka_retry(operation);
-        tracing::warn!(
-            operation,
-            topic = %source.topic,
-            partition = source.partition,
-            offset = source.offset,
-            %error,
-            delay_ms = delay.as_millis() as u64,
-            "transient failure; retrying the same command"
-        );
-    }
-
-    /// Marks `record` done: its offset + 1 is stored and an asynchronous commit sent.
-    /// Either may fail harmlessly (a revoked partition, a lost async commit): the command
-    /// is then dispatched again and deduplicated by the provider.
-    fn store_and_commit(&self, record: &OwnedMessage) {
-        let mut position = TopicPartitionList::new();
-        let next = Offset::Offset(record.offset() + 1);
-        if let Err(error) = position.add_partition_offset(record.topic(), record.partition(), next) {
-            tracing::warn!(%error, "building the offset to store");
-            return;
-        }
-        if let Err(error) = self.consumer.store_offsets(&position) {
-            tracing::warn!(
-                %error,
-                topic = record.topic(),
-                partition = record.partition(),
-                offset = record.offset(),
-                "storing the offset failed (partition revoked?); the command may be dispatched again"
-            );
-            return;
-        }
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
-            tracing::warn!(%error, "asynchronous offset commit failed; the next commit covers it");
-        }
-    }
-}
-
-/// Commits the stored offsets synchronously and leaves the group.
-async fn close(shared: Arc<Shared>) -> Result<(), DispatchError> {
-    let consumer = shared.consumer.clone();
-    drop(shared);
-    // The synchronous commit and the consumer's close block on the broker.
-    let committed = tokio::task::spawn_blocking(move || {
-        let committed = consumer.commit_consumer_state(CommitMode::Sync);
-        drop(consumer);
-        committed
-    })
-    .await;
-    match committed {
-        Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => Ok(()),
-        Ok(Err(error)) => Err(DispatchError::Commit(error)),
-        // The task only commits and drops the consumer: a panic there is a bug.
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(_cancelled) => Err(DispatchError::Commit(KafkaError::Canceled)),
-    }
-}
-
-/// Delivery errors retrying cannot fix: the topic refuses this record as such.
-fn is_permanent_delivery_error(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::InvalidRecord
-        )
-    )
-}
-
-fn exhausted(
-    operation: &'static str,
-    source: &SourceRecord,
-    attempts: u32,
-    last: &impl ToString,
-) -> DispatchError {
-    DispatchError::RetriesExhausted {
-        operation,
-        topic: source.topic.clone(),
-        partition: source.partition,
-        offset: source.offset,
-        attempts,
-        last_error: last.to_string(),
     }
 }
 
@@ -787,14 +504,16 @@ mod tests {
     }
 
     #[test]
-    fn the_consumer_reads_committed_and_never_commits_on_its_own() {
+    fn the_deployed_consumer_reads_the_commands_with_the_shared_loop_s_settings() {
         let config = config();
         assert_eq!(config.commands_topic, "payments.provider-commands");
         assert_eq!(config.outcomes_topic, "payments.dispatch-outcomes");
-        let client = consumer_config(&config);
+        let consumer = config.consumer();
+        assert_eq!(consumer.topic, "payments.provider-commands");
+        assert_eq!(consumer.queue_max, config.partition_buffer_max);
+        let client = consumer::client_config(&consumer);
         assert_eq!(client.get("isolation.level"), Some("read_committed"));
         assert_eq!(client.get("enable.auto.commit"), Some("false"));
-        assert_eq!(client.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(client.get("group.id"), Some(DEFAULT_GROUP_ID));
     }
 
@@ -807,8 +526,18 @@ mod tests {
     }
 
     #[test]
-    fn details_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        assert_eq!(truncate(&"ё".repeat(10), 5), "ёё");
+    fn an_exhausted_dispatch_says_whether_the_provider_may_hold_the_charge() {
+        let timed_out = Verdict::Exhausted { attempts: 6, last: AttemptError::Timeout, uncertain: true };
+        let (result, attempts, detail) = timed_out.report();
+        assert_eq!((result, attempts), (DispatchResult::RetriesExhausted, 6));
+        assert!(detail.contains("uncertain"), "{detail}");
+        let refused = Verdict::Exhausted {
+            attempts: 3,
+            last: AttemptError::Connect("refused".into()),
+            uncertain: false,
+        };
+        assert!(!refused.report().2.contains("uncertain"));
+        let accepted = Verdict::Accepted { status: 202, attempts: 2 };
+        assert_eq!(accepted.report().0, DispatchResult::Accepted);
     }
 }

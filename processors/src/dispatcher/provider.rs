@@ -3,10 +3,16 @@
 //! `POST {provider}/v1/charges` with `Idempotency-Key: <paymentId>` and
 //! `{paymentId, amount, currency, description}` (the amount a decimal string with two
 //! places, never a float). Each attempt ends in one of three ways ([`Attempt`]): accepted
-//! (2xx), rejected for good (a 4xx other than 408 and 429: the provider will never take
-//! this charge), or failed in a way a retry may fix (timeout, connection error, 5xx, 408,
-//! 429, anything unexpected). Redirects are not followed: a provider that moves is a
-//! configuration error, not something to chase with a payment.
+//! (2xx), rejected for good (a 4xx other than 408, 409 and 429: the provider will never
+//! take this charge), or failed in a way a retry may fix (timeout, connection error, 5xx,
+//! 408, 429, 409, anything unexpected). Redirects are not followed: a provider that moves
+//! is a configuration error, not something to chase with a payment.
+//!
+//! A 409 is "this idempotency key is in use": another request with the same key is being
+//! processed (Stripe answers a concurrent request so). The charge may well succeed through
+//! that other request, so refusing the payment on it would fail and refund a payment the
+//! provider charges; it is retried with back-off on the same key, and each failure says
+//! whether the provider may hold the charge ([`AttemptError::may_have_reached_provider`]).
 
 use std::time::Duration;
 
@@ -46,6 +52,9 @@ pub enum AttemptError {
     /// The provider asks us to come back later (408, 429).
     #[error("provider answered {status} (try later): {excerpt}")]
     Throttled { status: u16, excerpt: String },
+    /// 409: a request with the same idempotency key is in progress at the provider.
+    #[error("provider answered {status} (idempotency key in use): {excerpt}")]
+    KeyInUse { status: u16, excerpt: String },
     /// Anything else (a broken connection mid-answer, a redirect).
     #[error("{0}")]
     Other(String),
@@ -59,7 +68,19 @@ impl AttemptError {
             Self::Connect(_) => "connect",
             Self::ServerError { .. } => "5xx",
             Self::Throttled { .. } => "4xx",
+            Self::KeyInUse { .. } => "key-in-use",
             Self::Other(_) => "other",
+        }
+    }
+
+    /// Whether the provider may have taken (or be taking) the charge despite this failure:
+    /// the outcome of a dispatch that ends on it is uncertain. Only an attempt that never
+    /// reached the provider (no connection) or that it declined to process (408, 429) is
+    /// certain not to have charged.
+    pub fn may_have_reached_provider(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Throttled { .. } => false,
+            Self::Timeout | Self::ServerError { .. } | Self::KeyInUse { .. } | Self::Other(_) => true,
         }
     }
 }
@@ -83,12 +104,12 @@ pub enum StatusClass {
     Retry,
 }
 
-/// 2xx accepted; 408, 429 and 5xx retried; other 4xx rejected; anything else (1xx, 3xx)
-/// retried, because it says nothing about the charge.
+/// 2xx accepted; 408, 409, 429 and 5xx retried; other 4xx rejected; anything else (1xx,
+/// 3xx) retried, because it says nothing about the charge.
 pub fn classify(status: u16) -> StatusClass {
     match status {
         200..=299 => StatusClass::Accepted,
-        408 | 429 => StatusClass::Retry,
+        408 | 409 | 429 => StatusClass::Retry,
         400..=499 => StatusClass::Rejected,
         _ => StatusClass::Retry,
     }
@@ -156,6 +177,9 @@ impl ProviderClient {
             StatusClass::Retry if matches!(status, 408 | 429) => {
                 Attempt::Failed(AttemptError::Throttled { status, excerpt: excerpt(response).await })
             }
+            StatusClass::Retry if status == 409 => {
+                Attempt::Failed(AttemptError::KeyInUse { status, excerpt: excerpt(response).await })
+            }
             StatusClass::Retry => Attempt::Failed(AttemptError::Other(format!("unexpected status {status}"))),
         }
     }
@@ -195,10 +219,12 @@ mod tests {
         for status in [200, 201, 202, 204] {
             assert_eq!(classify(status), StatusClass::Accepted, "{status}");
         }
-        for status in [400, 401, 403, 404, 409, 422] {
+        for status in [400, 401, 403, 404, 422] {
             assert_eq!(classify(status), StatusClass::Rejected, "{status}");
         }
-        for status in [408, 429, 500, 502, 503, 504, 301, 100] {
+        // 409 (the idempotency key is in use) is never a rejection: the other request may
+        // be charging.
+        for status in [408, 409, 429, 500, 502, 503, 504, 301, 100] {
             assert_eq!(classify(status), StatusClass::Retry, "{status}");
         }
     }
@@ -209,5 +235,26 @@ mod tests {
         assert_eq!(AttemptError::Connect("refused".into()).label(), "connect");
         assert_eq!(AttemptError::ServerError { status: 503, excerpt: String::new() }.label(), "5xx");
         assert_eq!(AttemptError::Throttled { status: 429, excerpt: String::new() }.label(), "4xx");
+        assert_eq!(AttemptError::KeyInUse { status: 409, excerpt: String::new() }.label(), "key-in-use");
+        for label in [
+            AttemptError::Timeout,
+            AttemptError::Connect(String::new()),
+            AttemptError::KeyInUse { status: 409, excerpt: String::new() },
+            AttemptError::Other(String::new()),
+        ]
+        .iter()
+        .map(AttemptError::label)
+        {
+            assert!(super::super::metrics::ERROR_TYPES.contains(&label), "{label} is pre-registered");
+        }
+    }
+
+    #[test]
+    fn only_attempts_that_never_reached_the_provider_are_certain() {
+        assert!(!AttemptError::Connect("refused".into()).may_have_reached_provider());
+        assert!(!AttemptError::Throttled { status: 429, excerpt: String::new() }.may_have_reached_provider());
+        assert!(AttemptError::Timeout.may_have_reached_provider());
+        assert!(AttemptError::ServerError { status: 503, excerpt: String::new() }.may_have_reached_provider());
+        assert!(AttemptError::KeyInUse { status: 409, excerpt: String::new() }.may_have_reached_provider());
     }
 }

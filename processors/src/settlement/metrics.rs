@@ -2,29 +2,20 @@
 //!
 //! Registered by the caller in a [`prometheus::Registry`] of its choice (the process's
 //! default registry in the binary, a fresh one per test), then handed to `run` in the
-//! config. Every label value that can occur is created at registration, so dashboards and
-//! alerts see zeros instead of missing series.
+//! config. The shared loop's counters (dead letters by reason, retries by operation,
+//! records, revocations) are [`ConsumerMetrics`] under the `paystream_settlement` prefix;
+//! the ones here say what settlement made of the results. Every label value that can
+//! occur is created at registration, so dashboards and alerts see zeros instead of missing
+//! series.
 
 use paystream_schemas::events::PaymentResultStatus;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::apply::Rejection;
+use crate::consumer::{ConsumerMetrics, Labels};
 
-/// Label values of `reason` that come from the decoder rather than from [`Rejection`]
-/// (`paystream_schemas::DecodeError::kind`, non-retriable ones).
-const DECODE_REASONS: &[&str] = &[
-    "empty",
-    "truncated",
-    "wrong-magic-byte",
-    "unknown-schema-id",
-    "registry-error",
-    "malformed-body",
-    "incompatible-schema",
-    "contract-violation",
-];
-
-/// Operations that are retried, the `operation` label of the retry counter.
-pub const OPERATIONS: &[&str] = &["decode", "apply", "dead-letter", "consume"];
+/// Operations settlement retries besides the loop's own, the `operation` label.
+pub const OPERATIONS: &[&str] = &["apply"];
 
 /// The counters of one settlement consumer.
 #[derive(Clone, Debug)]
@@ -33,18 +24,19 @@ pub struct SettlementMetrics {
     applied: IntCounterVec,
     /// Results that had already been applied (redeliveries); nothing changed.
     duplicates: IntCounter,
-    /// Records sent to the DLQ, by `reason`.
-    dead_lettered: IntCounterVec,
-    /// Transient failures that were retried, by `operation`.
-    retries: IntCounterVec,
-    /// Records whose offset was committed: applied + duplicates + dead-lettered.
-    records: IntCounter,
+    /// The loop's counters; `paystream_settlement_dead_lettered_total{reason}` is the alert
+    /// on records set aside (every [`Rejection::KINDS`] and decode reason).
+    consumer: ConsumerMetrics,
 }
 
 impl SettlementMetrics {
     /// Creates the counters and registers them in `registry`. Fails if `registry` already
     /// holds them (one settlement consumer per registry).
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let consumer = ConsumerMetrics::register(
+            registry,
+            Labels { prefix: "paystream_settlement", reasons: Rejection::KINDS, operations: OPERATIONS },
+        )?;
         let metrics = Self {
             applied: IntCounterVec::new(
                 Opts::new(
@@ -57,55 +49,29 @@ impl SettlementMetrics {
                 "paystream_settlement_results_duplicate_total",
                 "Results already applied, delivered again; nothing changed.",
             )?,
-            dead_lettered: IntCounterVec::new(
-                Opts::new("paystream_settlement_dead_lettered_total", "Records sent to the DLQ."),
-                &["reason"],
-            )?,
-            retries: IntCounterVec::new(
-                Opts::new("paystream_settlement_retries_total", "Transient failures retried."),
-                &["operation"],
-            )?,
-            records: IntCounter::new(
-                "paystream_settlement_records_total",
-                "Records processed and committed: applied, duplicate or dead-lettered.",
-            )?,
+            consumer,
         };
         registry.register(Box::new(metrics.applied.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
-        registry.register(Box::new(metrics.dead_lettered.clone()))?;
-        registry.register(Box::new(metrics.retries.clone()))?;
-        registry.register(Box::new(metrics.records.clone()))?;
         for status in
             [PaymentResultStatus::Completed, PaymentResultStatus::Failed, PaymentResultStatus::FailedTimeout]
         {
             metrics.applied.with_label_values(&[status.symbol()]);
         }
-        for reason in Rejection::KINDS.iter().chain(DECODE_REASONS) {
-            metrics.dead_lettered.with_label_values(&[reason]);
-        }
-        for operation in OPERATIONS {
-            metrics.retries.with_label_values(&[operation]);
-        }
         Ok(metrics)
+    }
+
+    /// The loop's counters.
+    pub fn consumer(&self) -> &ConsumerMetrics {
+        &self.consumer
     }
 
     pub(crate) fn record_applied(&self, status: PaymentResultStatus) {
         self.applied.with_label_values(&[status.symbol()]).inc();
-        self.records.inc();
     }
 
     pub(crate) fn record_duplicate(&self) {
         self.duplicates.inc();
-        self.records.inc();
-    }
-
-    pub(crate) fn record_dead_lettered(&self, reason: &str) {
-        self.dead_lettered.with_label_values(&[reason]).inc();
-        self.records.inc();
-    }
-
-    pub(crate) fn record_retry(&self, operation: &str) {
-        self.retries.with_label_values(&[operation]).inc();
     }
 
     /// Results applied with `status` so far.
@@ -120,26 +86,27 @@ impl SettlementMetrics {
 
     /// Records dead-lettered with `reason` so far.
     pub fn dead_lettered_total(&self, reason: &str) -> u64 {
-        self.dead_lettered.with_label_values(&[reason]).get()
+        self.consumer.dead_lettered_total(reason)
     }
 
     /// Retries of `operation` so far.
     pub fn retries_total(&self, operation: &str) -> u64 {
-        self.retries.with_label_values(&[operation]).get()
+        self.consumer.retries_total(operation)
     }
 
-    /// Records processed and committed so far.
+    /// Records processed and committed so far: applied, duplicate or dead-lettered.
     pub fn records_total(&self) -> u64 {
-        self.records.get()
+        self.consumer.records_total()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consumer::metrics::DECODE_REASONS;
 
     #[test]
-    fn every_label_value_is_exported_from_the_start_and_counts_add_up() {
+    fn every_label_value_is_exported_from_the_start() {
         let registry = Registry::new();
         let metrics = SettlementMetrics::register(&registry).unwrap();
         let families = registry.gather();
@@ -150,11 +117,11 @@ mod tests {
             series("paystream_settlement_dead_lettered_total"),
             Rejection::KINDS.len() + DECODE_REASONS.len()
         );
+        assert!(series("paystream_settlement_records_total") == 1);
         metrics.record_applied(PaymentResultStatus::Failed);
         metrics.record_duplicate();
-        metrics.record_dead_lettered("unknown-payment");
         assert_eq!(metrics.applied_total(PaymentResultStatus::Failed), 1);
-        assert_eq!(metrics.records_total(), 3);
+        assert_eq!(metrics.duplicates_total(), 1);
         assert!(SettlementMetrics::register(&registry).is_err(), "one consumer per registry");
     }
 }
