@@ -504,17 +504,17 @@ impl Event for ProviderRequest {
     fn to_avro(&self) -> Value {
         let action = match &self.action {
             ProviderAction::StatusQuery { reason } => {
-                Value::Union(0, Box::new(avro::record(vec![("reason", avro::string(reason))])))
+                Value::Union(0, Box::new(avro::record(vec![("queryReason", avro::string(reason))])))
             }
             ProviderAction::Void { reason } => {
-                Value::Union(1, Box::new(avro::record(vec![("reason", avro::string(reason))])))
+                Value::Union(1, Box::new(avro::record(vec![("voidReason", avro::string(reason))])))
             }
             ProviderAction::Refund { amount, currency, reason } => Value::Union(
                 2,
                 Box::new(avro::record(vec![
                     ("amount", avro::amount(*amount)),
                     ("currency", avro::string(currency)),
-                    ("reason", avro::string(reason)),
+                    ("refundReason", avro::string(reason)),
                 ])),
             ),
         };
@@ -532,15 +532,15 @@ impl Event for ProviderRequest {
         let payment_id = r.uuid("paymentId")?;
         let action = match r.union("action")? {
             (0, branch) => {
-                ProviderAction::StatusQuery { reason: RecordReader::new(branch)?.string("reason")? }
+                ProviderAction::StatusQuery { reason: RecordReader::new(branch)?.string("queryReason")? }
             }
-            (1, branch) => ProviderAction::Void { reason: RecordReader::new(branch)?.string("reason")? },
+            (1, branch) => ProviderAction::Void { reason: RecordReader::new(branch)?.string("voidReason")? },
             (2, branch) => {
                 let mut b = RecordReader::new(branch)?;
                 ProviderAction::Refund {
                     amount: b.amount("amount")?,
                     currency: b.string("currency")?,
-                    reason: b.string("reason")?,
+                    reason: b.string("refundReason")?,
                 }
             }
             (index, _) => {

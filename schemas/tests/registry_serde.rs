@@ -138,3 +138,26 @@ proptest! {
         }
     }
 }
+
+/// Every branch of a union comes back as itself through the registry's resolution (apache-avro
+/// resolves a union value to the first branch it fits, so branches of one shape would collapse).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_request_action_decodes_as_itself() {
+    use paystream_schemas::events::{ProviderAction, ProviderRequest};
+    let (_, _, codec) = registry().await;
+    let event = payment_initiated();
+    for action in [
+        ProviderAction::StatusQuery { reason: "timer".into() },
+        ProviderAction::Void { reason: "timer".into() },
+        ProviderAction::Refund { amount: event.amount, currency: "RUB".into(), reason: "late".into() },
+    ] {
+        let request = ProviderRequest {
+            request_id: Uuid::new_v4(),
+            payment_id: event.payment_id,
+            action,
+            issued_at: event.initiated_at,
+        };
+        let bytes = codec.encode(&request).await.expect("encode");
+        assert_eq!(codec.decode::<ProviderRequest>(&bytes).await.unwrap(), request);
+    }
+}
