@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
+use paystream_processors::retry::{Backoff, RetryPolicy};
 use paystream_schemas::events::{
     topics, PaymentResult, PaymentResultStatus, TimerChange, TimerEvent, TimerKind,
 };
@@ -407,6 +408,15 @@ fn read_to_end_blocking(
     Ok(records)
 }
 
+/// How the audit retries a provider that answers 5xx or cannot be reached (a provider has
+/// outages of its own; the simulator's seeded faults answer 503 to status queries too).
+const PROVIDER_RETRY: RetryPolicy = RetryPolicy {
+    backoff_initial: Duration::from_millis(50),
+    backoff_max: Duration::from_secs(2),
+    attempts_max: 20,
+    elapsed_max: Duration::from_secs(60),
+};
+
 /// Asks the provider about every payment.
 async fn read_provider(
     url: &str,
@@ -420,26 +430,37 @@ async fn read_provider(
     futures::stream::iter(payments.iter().map(|p| p.payment_id))
         .map(|id| {
             let client = client.clone();
-            async move {
-                let failed = |detail: String| SnapshotError::Provider { payment_id: id, detail };
-                let response = client
-                    .get(format!("{base}/v1/charges/{id}"))
-                    .send()
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                if response.status() == reqwest::StatusCode::NOT_FOUND {
-                    return Ok((id, ProviderCharge::NotCharged));
-                }
-                if !response.status().is_success() {
-                    return Err(failed(format!("answered {}", response.status())));
-                }
-                let body: serde_json::Value = response.json().await.map_err(|e| failed(e.to_string()))?;
-                Ok((id, provider_charge(&body)))
-            }
+            async move { ask_provider(&client, base, id).await.map(|charge| (id, charge)) }
         })
         .buffer_unordered(PROVIDER_CONCURRENCY_MAX)
         .try_collect()
         .await
+}
+
+/// `GET {base}/v1/charges/{id}`, retried while the provider is away or answers 5xx.
+async fn ask_provider(
+    client: &reqwest::Client,
+    base: &str,
+    id: Uuid,
+) -> Result<ProviderCharge, SnapshotError> {
+    let failed = |detail: String| SnapshotError::Provider { payment_id: id, detail };
+    let mut backoff = Backoff::new(PROVIDER_RETRY);
+    loop {
+        let transient = match client.get(format!("{base}/v1/charges/{id}")).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Ok(ProviderCharge::NotCharged),
+            Ok(r) if r.status().is_success() => {
+                let body: serde_json::Value = r.json().await.map_err(|e| failed(e.to_string()))?;
+                return Ok(provider_charge(&body));
+            }
+            Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
+            Ok(r) => return Err(failed(format!("answered {}", r.status()))),
+            Err(e) => e.to_string(),
+        };
+        match backoff.next_delay() {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(failed(format!("{transient}, {} attempts", backoff.failures()))),
+        }
+    }
 }
 
 /// Reads the provider simulator's answer to `GET /v1/charges/{key}`. A `charged` flag, where the

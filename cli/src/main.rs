@@ -5,6 +5,7 @@
 
 mod api;
 mod audit;
+mod chaos;
 mod connect;
 mod dispatch;
 mod load;
@@ -49,6 +50,8 @@ enum Command {
     ProviderSim(paystream_provider_sim::Args),
     /// Check the invariants (money conserved, one result each, provider ⇔ wallet) at a quiet moment.
     Audit(audit::Args),
+    /// A load through the whole flow while processes and the stack are broken on purpose, then the audit.
+    Chaos(chaos::Args),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
     /// Benchmark: payments at a rate through the running pipeline, each followed to settlement.
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(args) => token::run(args),
         Command::Load(args) => load::run(&settings, args).await,
         Command::Audit(args) => audit::run(&settings, args).await,
+        Command::Chaos(args) => chaos::run(&settings, args).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
     }

@@ -75,6 +75,22 @@ pub enum SagaEvent {
     Reconciliation(ReconciliationEvent),
 }
 
+impl SagaEvent {
+    /// The payment the event is about.
+    pub fn payment_id(&self) -> Uuid {
+        match self {
+            SagaEvent::Initiated(e) => e.payment_id,
+            SagaEvent::Callback(e) => e.payment_id,
+            SagaEvent::Outcome(e) => e.payment_id,
+            SagaEvent::Timer(e) => e.payment_id,
+            SagaEvent::Charge(e) => e.payment_id,
+            SagaEvent::Request(e) => e.payment_id,
+            SagaEvent::Result(e) => e.payment_id,
+            SagaEvent::Reconciliation(e) => e.payment_id,
+        }
+    }
+}
+
 /// Which input a record came from (and so which contract its bytes carry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -772,7 +788,14 @@ pub fn deserializer<C: SagaCodec + ?Sized>(
     move |raw: &RawRecord| {
         let id = Uuid::parse_str(std::str::from_utf8(raw.key.as_deref().unwrap_or_default())?)?;
         let bytes = raw.value.as_deref().ok_or("a tombstone on a saga input")?;
-        Ok((id, codec.decode(input, bytes)?))
+        let event = codec.decode(input, bytes)?;
+        // The store is keyed by the record's key: an event filed under another payment would
+        // act on that payment (a charge with no reservation behind it). Poison, never applied.
+        let payment_id = event.payment_id();
+        if payment_id != id {
+            return Err(format!("the record's key {id} is not its event's paymentId {payment_id}").into());
+        }
+        Ok((id, event))
     }
 }
 
