@@ -42,8 +42,8 @@ pub struct Args {
     users: u32,
     /// How the provider simulator answers. Without --start-services this labels the run and is
     /// checked against the callbacks' timing; a running simulator keeps the mode it was started
-    /// in (restart dev/run with the variables the run names).
-    #[arg(long, value_enum, default_value_t = ProviderMode::Instant)]
+    /// in (restart dev/run with the variables the run names). The default is dev/run's.
+    #[arg(long, value_enum, default_value_t = ProviderMode::Seeds)]
     provider_mode: ProviderMode,
     /// Start the processes of dev/services for this run (the simulator in --provider-mode), and
     /// stop them at the end. Refused when they already run; they take the production ports.

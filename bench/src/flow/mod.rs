@@ -4,7 +4,8 @@
 //!
 //! 1. Check the stack and the processes (or start them, `--start-services`).
 //! 2. Create the run's users through the API: a token each, a wallet each, an operator's
-//!    deposit each ([`accounts`]).
+//!    deposit each ([`accounts`]); then one warm-up payment, not measured, waited for until
+//!    settled (processors just started have joined their groups by then).
 //! 3. Send the payments with the load generator of [`crate::load`] in its open loop: request
 //!    *i* due at *i / rate*, at most `concurrency` in flight.
 //! 4. Wait, bounded, until every accepted payment is settled ([`SETTLE_TIMEOUT_DEFAULT`]),
@@ -51,10 +52,15 @@ use self::services::ProviderMode;
 use crate::load::{self, LoadPlan, Pace, Progress, Sent, Stop};
 use crate::{machine, payment};
 
-/// How long accepted payments may take to settle after the last POST, unless told otherwise:
-/// the saga's payment timeout (30 s, `PAYSTREAM_PAYMENT_TIMEOUT_MS`) decides a lost callback,
-/// plus the seeds' longest provider delay and the pipeline, with room to spare.
-pub const SETTLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(90);
+/// How long accepted payments may take to settle after the last POST, unless told otherwise.
+/// A lost callback is the slowest path: the saga's payment timeout (60 s by default,
+/// `PAYSTREAM_PAYMENT_TIMEOUT_MS`) fires, then it asks the provider for the charge's status
+/// (retrying from 1 s, doubling), and the answer goes through the pipeline; 90 s proved too
+/// short for that in a seeds run.
+pub const SETTLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(180);
+/// How long the warm-up payment may take to settle: processors just started join their
+/// groups and restore their stores first.
+pub const WARM_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the wallet database is asked how many payments are settled.
 pub const SETTLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the progress display is updated during the load.
@@ -175,6 +181,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Users,
+    WarmUp,
     Payments,
     Settling,
     Reading,
@@ -184,6 +191,7 @@ impl Phase {
     pub fn label(self) -> &'static str {
         match self {
             Phase::Users => "users",
+            Phase::WarmUp => "warm-up",
             Phase::Payments => "payments",
             Phase::Settling => "settling",
             Phase::Reading => "reading",
@@ -276,13 +284,19 @@ async fn measure(
         plan.planned_duration().unwrap_or(Duration::MAX).saturating_add(plan.settle_timeout + TOKEN_MARGIN);
     let tokens = accounts::Tokens::new(&plan.jwt_secret, lifetime);
 
-    observer.phase(Phase::Users, Some(u64::from(plan.users)));
-    let users = accounts::create(&plan.api_url, &tag, plan.users, plan.concurrency as usize, &tokens, |n| {
-        observer.progress(n, "users with a funded wallet")
-    })
-    .await
-    .context("creating the run's users through the API")?;
+    // One user more than asked: the warm-up's, kept apart so its payment is not measured.
+    observer.phase(Phase::Users, Some(u64::from(plan.users) + 1));
+    let mut users =
+        accounts::create(&plan.api_url, &tag, plan.users + 1, plan.concurrency as usize, &tokens, |n| {
+            observer.progress(n, "users with a funded wallet")
+        })
+        .await
+        .context("creating the run's users through the API")?;
+    let warm_up_user = users.pop().ok_or_else(|| anyhow!("no user was created"))?;
     let wallet_ids: Vec<Uuid> = users.iter().map(|u| u.wallet_id).collect();
+
+    observer.phase(Phase::WarmUp, Some(1));
+    warm_up(plan, db, &warm_up_user, observer).await?;
 
     observer.phase(Phase::Payments, plan.planned_payments());
     let progress = Arc::new(Progress::default());
@@ -443,6 +457,48 @@ async fn measure(
         error_examples,
         warnings,
     })
+}
+
+/// Sends one payment (not measured) and waits, bounded, until it is settled: processors that
+/// were just started (or sat idle) have joined their groups and taken their partitions by then,
+/// so the first measured payments do not pay for a rebalance, and a pipeline that does not
+/// work at all is found before the load rather than after it.
+async fn warm_up(
+    plan: &Plan,
+    db: &PgPool,
+    user: &accounts::LoadUser,
+    observer: &dyn Observer,
+) -> anyhow::Result<()> {
+    let outcome = load::run(LoadPlan {
+        base_url: plan.api_url.clone(),
+        concurrency: 1,
+        pace: Pace::Closed,
+        stop: Stop::Count(1),
+        wallets: Arc::new(vec![(user.wallet_id, user.token.clone())]),
+        timestamp: paystream_api::timestamp::format(Utc::now()),
+        keep_sent: false,
+        progress: Arc::default(),
+    })
+    .await?;
+    if let Some((kind, example)) = outcome.tally.error_examples.iter().next() {
+        bail!("the warm-up payment was refused ({kind}): {example}");
+    }
+    let started = Instant::now();
+    loop {
+        let (_, settled) = counts(db, &[user.wallet_id]).await.context("counting the warm-up payment")?;
+        if settled > 0 {
+            observer.progress(1, &format!("settled after {:.1} s", started.elapsed().as_secs_f64()));
+            return Ok(());
+        }
+        if started.elapsed() >= WARM_UP_TIMEOUT {
+            bail!(
+                "the warm-up payment (wallet {}) was not settled within {WARM_UP_TIMEOUT:?}: is every process of \
+                 dev/services running (saga, timers, dispatch, settle)? `dev/status` lists them",
+                user.wallet_id
+            );
+        }
+        tokio::time::sleep(SETTLE_POLL_INTERVAL).await;
+    }
 }
 
 /// (accepted payments, settled ones) of the run's wallets.
