@@ -191,3 +191,30 @@ impl Observer for Display {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_displays_follow_the_phases() {
+        // The bar's templates are parsed when a phase starts: a typo would panic here, not in a run.
+        let bar = Display::new(true);
+        bar.phase(Phase::Payments, Some(10));
+        bar.progress(3, "accepted 3");
+        let Display::Bar(inner) = &bar else { panic!("a terminal gets the bar") };
+        assert_eq!((inner.position(), inner.length()), (3, Some(10)));
+        bar.phase(Phase::Settling, None);
+        assert_eq!((inner.position(), inner.length(), inner.prefix()), (0, None, "settling".to_owned()));
+        bar.note("a line");
+        bar.finish();
+        assert!(inner.is_finished());
+
+        let plain = Display::new(false);
+        plain.phase(Phase::Reading, Some(5));
+        plain.progress(2, "topics read");
+        let Display::Plain(state) = &plain else { panic!("a pipe gets plain lines") };
+        let state = state.lock().unwrap();
+        assert_eq!((state.phase, state.total), ("reading", Some(5)));
+    }
+}
