@@ -70,6 +70,8 @@ async fn stack() -> Stack {
 
 struct Topics {
     commands: String,
+    /// The saga's provider requests (the dispatcher's second loop reads them).
+    requests: String,
     outcomes: String,
     dlq: String,
 }
@@ -82,17 +84,19 @@ impl Topics {
     async fn create_with(stack: &Stack, partitions: i32) -> Self {
         let topics = Self {
             commands: testkit::unique("it.commands"),
+            requests: testkit::unique("it.requests"),
             outcomes: testkit::unique("it.outcomes"),
             dlq: testkit::unique("it.dlq"),
         };
-        for topic in [&topics.commands, &topics.outcomes, &topics.dlq] {
+        for topic in [&topics.commands, &topics.requests, &topics.outcomes, &topics.dlq] {
             testkit::create_topic(&stack.settings, topic, partitions).await;
         }
         topics
     }
 
     async fn delete(self, stack: &Stack) {
-        testkit::delete_topics(&stack.settings, &[&self.commands, &self.outcomes, &self.dlq]).await;
+        testkit::delete_topics(&stack.settings, &[&self.commands, &self.requests, &self.outcomes, &self.dlq])
+            .await;
     }
 }
 
@@ -270,6 +274,7 @@ fn config(stack: &Stack, topics: &Topics, provider_url: &str) -> DispatcherConfi
     let metrics = DispatcherMetrics::register(&prometheus::Registry::new()).expect("metrics");
     let mut config = DispatcherConfig::new(&stack.settings, provider_url, metrics);
     config.commands_topic = topics.commands.clone();
+    config.requests_topic = topics.requests.clone();
     config.outcomes_topic = topics.outcomes.clone();
     config.dlq_topic = topics.dlq.clone();
     config.group_id = testkit::unique("it-dispatch");

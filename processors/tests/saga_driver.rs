@@ -9,9 +9,9 @@ use paystream_processors::saga::processor::{
 };
 use paystream_processors::saga::timers;
 use paystream_schemas::events::{
-    topics, Discrepancy, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult, PaymentResultStatus,
-    ProviderAction, ProviderCallbackReceived, ProviderRequest, ProviderStatus, ReconciliationEvent, Remedy,
-    TimerChange, TimerEvent, TimerKind,
+    topics, Discrepancy, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult,
+    PaymentResultStatus, ProviderAction, ProviderCallbackReceived, ProviderRequest, ProviderStatus,
+    ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
 use paystream_topology::{ErrorPolicy, TopologyTestDriver};
@@ -29,7 +29,8 @@ fn saga() -> (TopologyTestDriver<Uuid, SagaEvent>, SagaMetrics) {
 
 fn saga_with(settings: SagaSettings) -> (TopologyTestDriver<Uuid, SagaEvent>, SagaMetrics) {
     let metrics = SagaMetrics::new(&prometheus::Registry::new()).unwrap();
-    let topology = processor::topology(AvroDatumCodec, settings, metrics.clone(), &SagaTopics::default()).unwrap();
+    let topology =
+        processor::topology(AvroDatumCodec, settings, metrics.clone(), &SagaTopics::default()).unwrap();
     let dlq = ErrorPolicy::DeadLetter { topic: "payments.dlq".into() };
     (TopologyTestDriver::new(topology, "paystream-saga", dlq, T0_MS).unwrap(), metrics)
 }
@@ -234,8 +235,15 @@ fn a_provider_failure_fails_and_exhausted_retries_fail_once_a_void_confirms_no_c
     assert!(results(&mut driver).is_empty(), "no failure before the void is confirmed");
     pipe(&mut driver, b, answer(&void, DispatchResult::Voided));
     let done = results(&mut driver);
-    assert_eq!(done.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(), vec![(b, PaymentResultStatus::Failed)]);
-    assert!(done[0].reason.contains("RETRIES_EXHAUSTED") && done[0].reason.contains("no charge"), "{}", done[0].reason);
+    assert_eq!(
+        done.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(),
+        vec![(b, PaymentResultStatus::Failed)]
+    );
+    assert!(
+        done[0].reason.contains("RETRIES_EXHAUSTED") && done[0].reason.contains("no charge"),
+        "{}",
+        done[0].reason
+    );
 }
 
 /// Seed 000's lost callback: the timer fires while the charge is out, the provider says it
@@ -288,15 +296,28 @@ fn the_timer_wins_with_a_confirmed_void_and_a_late_success_is_refunded_and_recon
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
         (events[0].discrepancy, events[0].remedy, events[0].published_status, events[0].refund_request_id),
-        (Discrepancy::ChargedAfterFailure, Remedy::RefundRequested, PaymentResultStatus::FailedTimeout, Some(refund.request_id))
+        (
+            Discrepancy::ChargedAfterFailure,
+            Remedy::RefundRequested,
+            PaymentResultStatus::FailedTimeout,
+            Some(refund.request_id)
+        )
     );
     assert_eq!((events[0].wallet_id, events[0].amount.minor()), (wallet, 12_345));
     assert_eq!(metrics.reconciliations.with_label_values(&["CHARGED_AFTER_FAILURE"]).get(), 1);
-    assert_eq!(metrics.signals.with_label_values(&["provider_succeeded", "absorbed"]).get(), 1, "the duplicate");
+    assert_eq!(
+        metrics.signals.with_label_values(&["provider_succeeded", "absorbed"]).get(),
+        1,
+        "the duplicate"
+    );
     pipe(&mut driver, id, answer(&refund, DispatchResult::Refunded));
     assert_eq!(metrics.refunds.with_label_values(&["refunded"]).get(), 1);
     pipe(&mut driver, id, callback(id, ProviderStatus::Succeeded));
-    assert!(results(&mut driver).is_empty() && requests(&mut driver).is_empty() && reconciliations(&mut driver).is_empty());
+    assert!(
+        results(&mut driver).is_empty()
+            && requests(&mut driver).is_empty()
+            && reconciliations(&mut driver).is_empty()
+    );
 }
 
 /// No answer is no decision: the saga asks again with a growing back-off, raises the alert past
@@ -340,7 +361,10 @@ fn an_unanswered_verification_is_asked_again_alerts_past_its_bound_and_never_gue
     assert_eq!(metrics.verification_overdue.get(), 1, "alerted once, at the bound");
     assert!(results(&mut driver).is_empty(), "the reservation is held");
     pipe(&mut driver, id, answer(&request, DispatchResult::Charged));
-    assert_eq!(results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Completed]);
+    assert_eq!(
+        results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PaymentResultStatus::Completed]
+    );
 }
 
 /// An answer to a request that is no longer outstanding is stale: it changes nothing.
@@ -381,7 +405,10 @@ fn an_expired_command_is_voided_before_it_fails() {
     let void = one_request(&mut driver);
     assert!(matches!(void.action, ProviderAction::Void { .. }), "straight to the void: {void:?}");
     pipe(&mut driver, id, answer(&void, DispatchResult::Voided));
-    assert_eq!(results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Failed]);
+    assert_eq!(
+        results(&mut driver).iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![PaymentResultStatus::Failed]
+    );
 
     // Expired after attempts of its own: one of them may have reached the provider.
     let other = Uuid::new_v4();

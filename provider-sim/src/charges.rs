@@ -209,7 +209,9 @@ impl Entry {
             Entry::Refused { .. } => ChargeState::None,
             Entry::Voided { .. } => ChargeState::Voided,
             Entry::Accepted { refunded: true, .. } => ChargeState::Refunded,
-            Entry::Accepted { plan, accepted_at, .. } if now < *accepted_at + plan.delay => ChargeState::Pending,
+            Entry::Accepted { plan, accepted_at, .. } if now < *accepted_at + plan.delay => {
+                ChargeState::Pending
+            }
             Entry::Accepted { plan, .. } => match plan.verdict {
                 Verdict::Succeeded => ChargeState::Succeeded,
                 Verdict::Failed => ChargeState::Declined,
@@ -416,7 +418,13 @@ fn problem(status: StatusCode, slug: &str, detail: &str) -> Response {
     (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
 }
 
-fn problem_with_state(status: StatusCode, slug: &str, detail: &str, key: &str, state: ChargeState) -> Response {
+fn problem_with_state(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    key: &str,
+    state: ChargeState,
+) -> Response {
     let body = json!({
         "type": format!("/problems/{slug}"),
         "status": status.as_u16(),
@@ -439,13 +447,15 @@ fn lock(sim: &Sim) -> std::sync::MutexGuard<'_, Store> {
     sim.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Validates a key from the path; `Err` is the 400 to answer.
-fn path_key(key: &str) -> Result<&str, Response> {
+/// A key from the path, if it is one (1 to 255 bytes).
+fn path_key(key: &str) -> Option<&str> {
     let key = key.trim();
-    if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Err(problem(StatusCode::BAD_REQUEST, "invalid-key", "the key must be 1 to 255 bytes"));
-    }
-    Ok(key)
+    (!key.is_empty() && key.len() <= KEY_BYTES_MAX).then_some(key)
+}
+
+/// The 400 for a path that names no key.
+fn invalid_key() -> Response {
+    problem(StatusCode::BAD_REQUEST, "invalid-key", "the key must be 1 to 255 bytes")
 }
 
 /// The 503 of a seeded request fault, if this attempt draws one (counting it either way).
@@ -461,10 +471,7 @@ fn request_fault(sim: &Sim, store: &mut Store, key: &str, operation: Operation) 
 /// `GET /v1/charges/{key}`: where the charge stands (`charge`, `charged`), plus what the simulator
 /// decided and did, for people and tests.
 pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
-    let key = match path_key(&key) {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
+    let Some(key) = path_key(&key) else { return invalid_key() };
     let mut store = lock(&sim);
     if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Status) {
         return unavailable;
@@ -510,10 +517,7 @@ pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -
 
 /// `POST /v1/charges/{key}/void`: makes a key that holds no charge unchargeable for good.
 pub(crate) async fn void(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
-    let key = match path_key(&key) {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
+    let Some(key) = path_key(&key) else { return invalid_key() };
     let mut store = lock(&sim);
     if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Void) {
         return unavailable;
@@ -554,16 +558,15 @@ struct RefundBody {
 
 /// `POST /v1/charges/{key}/refund`: gives a charge back, in full.
 pub(crate) async fn refund(State(sim): State<Arc<Sim>>, Path(key): Path<String>, body: Bytes) -> Response {
-    let key = match path_key(&key) {
-        Ok(key) => key,
-        Err(refused) => return refused,
-    };
+    let Some(key) = path_key(&key) else { return invalid_key() };
     let asked = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
         match serde_json::from_slice::<RefundBody>(&body) {
             Ok(asked) => Some(asked),
-            Err(error) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "malformed-refund", &error.to_string()),
+            Err(error) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, "malformed-refund", &error.to_string())
+            }
         }
     };
     let mut store = lock(&sim);
@@ -574,7 +577,11 @@ pub(crate) async fn refund(State(sim): State<Arc<Sim>>, Path(key): Path<String>,
     sim.metrics.request(Operation::Refund, state.symbol());
     if let (Some(asked), Some(Entry::Accepted { charge, .. })) = (&asked, store.get(key)) {
         if parse_amount(&asked.amount) != Some(charge.amount) || asked.currency != charge.currency {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "refund-mismatch", "the refund must be the whole charge");
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refund-mismatch",
+                "the refund must be the whole charge",
+            );
         }
     }
     match state {
@@ -650,14 +657,24 @@ mod tests {
         let accepted_at = std::time::Instant::now();
         store.put(
             "a",
-            Entry::Accepted { charge, attempts: 2, plan, callbacks_delivered: 0, accepted_at, refunded: false },
+            Entry::Accepted {
+                charge,
+                attempts: 2,
+                plan,
+                callbacks_delivered: 0,
+                accepted_at,
+                refunded: false,
+            },
         );
         assert_eq!(store.len(), 2, "updating a key adds nothing");
         store.put("c", Entry::Refused { attempts: 1 });
         assert_eq!(store.len(), 2);
         assert!(store.get("a").is_none(), "the oldest key goes first");
         assert!(store.get("b").is_some() && store.get("c").is_some());
-        assert_eq!((store.count_request("a", Operation::Void), store.count_request("a", Operation::Void)), (1, 2));
+        assert_eq!(
+            (store.count_request("a", Operation::Void), store.count_request("a", Operation::Void)),
+            (1, 2)
+        );
         store.count_request("b", Operation::Void);
         store.count_request("c", Operation::Void);
         assert_eq!(store.count_request("a", Operation::Void), 1, "request counts are bounded too");

@@ -280,7 +280,8 @@ mod tests {
         const N: usize = 20_000;
         let rates = rates(9);
         for operation in Operation::ALL {
-            let fails = keys(N).iter().filter(|k| rates.request_fails(k, operation, 1)).count() as f64 / N as f64;
+            let fails =
+                keys(N).iter().filter(|k| rates.request_fails(k, operation, 1)).count() as f64 / N as f64;
             assert!((fails - 0.3).abs() < 0.01, "{operation:?}: {fails}");
         }
         let draws = |r: &Rates| -> Vec<bool> {

@@ -375,7 +375,10 @@ async fn status_void_and_refund_are_definite_and_idempotent() {
     let voided = Uuid::new_v4();
     let key = voided.to_string();
     let (code, view) = status(&sim, &key).await;
-    assert_eq!((code, &view["charge"], &view["charged"]), (StatusCode::NOT_FOUND, &json!("NONE"), &json!(false)));
+    assert_eq!(
+        (code, &view["charge"], &view["charged"]),
+        (StatusCode::NOT_FOUND, &json!("NONE"), &json!(false))
+    );
     let first = act(&sim, &key, "void", None).await;
     assert_eq!((first.0, &first.1["charge"]), (StatusCode::OK, &json!("VOIDED")), "{:?}", first.1);
     assert_eq!(act(&sim, &key, "void", None).await, first, "a void again: the same answer");
@@ -409,7 +412,10 @@ async fn status_void_and_refund_are_definite_and_idempotent() {
     assert_eq!((refunded.0, &refunded.1["charge"]), (StatusCode::OK, &json!("REFUNDED")));
     assert_eq!(act(&sim, &key, "refund", Some(&whole)).await, refunded, "a refund again: the same answer");
     let view = status(&sim, &key).await.1;
-    assert_eq!((&view["charge"], &view["charged"], &view["refunded"]), (&json!("REFUNDED"), &json!(false), &json!(true)));
+    assert_eq!(
+        (&view["charge"], &view["charged"], &view["refunded"]),
+        (&json!("REFUNDED"), &json!(false), &json!(true))
+    );
 
     // Declined: nothing charged; a void answers so, and the key stays unchargeable (a replay).
     let declining = {
@@ -442,10 +448,17 @@ async fn request_faults_answer_503_and_change_nothing() {
     let key = id.to_string();
     for action in ["void", "refund"] {
         let (code, problem) = act(&sim, &key, action, None).await;
-        assert_eq!((code, problem["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("/problems/unavailable")));
+        assert_eq!(
+            (code, problem["type"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("/problems/unavailable"))
+        );
     }
     assert_eq!(status(&sim, &key).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(charge(&sim, &key, &charge_body(id, "2.00")).await.0, StatusCode::ACCEPTED, "the void took nothing");
+    assert_eq!(
+        charge(&sim, &key, &charge_body(id, "2.00")).await.0,
+        StatusCode::ACCEPTED,
+        "the void took nothing"
+    );
     sim.wait_idle().await;
     assert_eq!(receiver.callbacks().len(), 1);
     sim.stop().await;

@@ -14,8 +14,23 @@ use crate::consumer::{ConsumerMetrics, Labels};
 pub const ERROR_TYPES: &[&str] = &["timeout", "connect", "5xx", "4xx", "key-in-use", "other"];
 /// Kafka-side operations the handler retries besides the loop's own, the `operation` label.
 pub const OPERATIONS: &[&str] = &["encode", "produce"];
-const OUTCOMES: [DispatchResult; 3] =
-    [DispatchResult::Accepted, DispatchResult::Rejected, DispatchResult::RetriesExhausted];
+const OUTCOMES: [DispatchResult; 4] = [
+    DispatchResult::Accepted,
+    DispatchResult::Rejected,
+    DispatchResult::RetriesExhausted,
+    DispatchResult::Expired,
+];
+/// The `request` label of provider requests.
+pub const REQUESTS: &[&str] = &["status", "void", "refund"];
+/// The `answer` label of provider requests.
+const ANSWERS: [DispatchResult; 6] = [
+    DispatchResult::Charged,
+    DispatchResult::NotCharged,
+    DispatchResult::Pending,
+    DispatchResult::Voided,
+    DispatchResult::Refunded,
+    DispatchResult::Unanswered,
+];
 
 /// The counters of one dispatcher.
 #[derive(Clone, Debug)]
@@ -32,6 +47,12 @@ pub struct DispatcherMetrics {
     in_flight: IntGauge,
     /// Commands skipped because their commandId was answered within the window.
     duplicates: IntCounter,
+    /// Commands reported EXPIRED: their deadline passed before an attempt could start.
+    expired: IntCounter,
+    /// Provider requests answered, by `request` and `answer`.
+    requests: IntCounterVec,
+    /// The requests loop's counters under `paystream_dispatcher_requests`.
+    requests_consumer: ConsumerMetrics,
     /// The loop's counters under `paystream_dispatcher`: dead letters by reason, Kafka-side
     /// retries by operation, records finished, revocations.
     consumer: ConsumerMetrics,
@@ -43,6 +64,10 @@ impl DispatcherMetrics {
         let consumer = ConsumerMetrics::register(
             registry,
             Labels { prefix: "paystream_dispatcher", reasons: &[], operations: OPERATIONS },
+        )?;
+        let requests_consumer = ConsumerMetrics::register(
+            registry,
+            Labels { prefix: "paystream_dispatcher_requests", reasons: &[], operations: OPERATIONS },
         )?;
         let metrics = Self {
             attempts: IntCounter::new("paystream_dispatcher_http_attempts_total", "HTTP charge attempts.")?,
@@ -66,7 +91,19 @@ impl DispatcherMetrics {
                 "paystream_dispatcher_commands_duplicate_total",
                 "Commands whose commandId was already answered; the provider was not called.",
             )?,
+            expired: IntCounter::new(
+                "paystream_dispatcher_commands_expired_total",
+                "Commands not (further) sent because their notAfter had passed.",
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "paystream_dispatcher_provider_requests_total",
+                    "Status queries, voids and refunds answered, by request and answer.",
+                ),
+                &["request", "answer"],
+            )?,
             consumer,
+            requests_consumer,
         };
         registry.register(Box::new(metrics.attempts.clone()))?;
         registry.register(Box::new(metrics.retries.clone()))?;
@@ -74,6 +111,13 @@ impl DispatcherMetrics {
         registry.register(Box::new(metrics.outcomes.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
+        registry.register(Box::new(metrics.expired.clone()))?;
+        registry.register(Box::new(metrics.requests.clone()))?;
+        for request in REQUESTS {
+            for answer in ANSWERS {
+                metrics.requests.with_label_values(&[request, answer.symbol()]);
+            }
+        }
         for error_type in ERROR_TYPES {
             metrics.errors.with_label_values(&[error_type]);
         }
@@ -86,6 +130,29 @@ impl DispatcherMetrics {
     /// The loop's counters.
     pub fn consumer(&self) -> &ConsumerMetrics {
         &self.consumer
+    }
+
+    /// The requests loop's counters.
+    pub fn requests_consumer(&self) -> &ConsumerMetrics {
+        &self.requests_consumer
+    }
+
+    pub(crate) fn record_expired(&self) {
+        self.expired.inc();
+    }
+
+    pub(crate) fn record_request(&self, request: &str, answer: DispatchResult) {
+        self.requests.with_label_values(&[request, answer.symbol()]).inc();
+    }
+
+    /// Commands reported EXPIRED so far.
+    pub fn expired_total(&self) -> u64 {
+        self.expired.get()
+    }
+
+    /// Provider requests `request` answered `answer` so far.
+    pub fn requests_total(&self, request: &str, answer: DispatchResult) -> u64 {
+        self.requests.with_label_values(&[request, answer.symbol()]).get()
     }
 
     pub(crate) fn record_attempt(&self) {
@@ -170,7 +237,9 @@ mod tests {
         let series =
             |name: &str| families.iter().find(|f| f.name() == name).map_or(0, |f| f.get_metric().len());
         assert_eq!(series("paystream_dispatcher_http_errors_total"), ERROR_TYPES.len());
-        assert_eq!(series("paystream_dispatcher_outcomes_total"), 3);
+        assert_eq!(series("paystream_dispatcher_outcomes_total"), 4);
+        assert_eq!(series("paystream_dispatcher_provider_requests_total"), REQUESTS.len() * ANSWERS.len());
+        assert_eq!(series("paystream_dispatcher_requests_records_total"), 1);
         assert_eq!(series("paystream_dispatcher_records_total"), 1);
         metrics.record_outcome(DispatchResult::Accepted);
         metrics.record_duplicate();

@@ -6,15 +6,23 @@
 //! ([`crate::consumer`]: decode, retries, DLQ, commits, rebalances). For each command:
 //!
 //! 1. skip it if its commandId was answered within the in-memory window ([`dedup`]);
-//! 2. call the provider ([`provider`]): `POST /v1/charges` with
+//! 2. report it `EXPIRED` instead if its `notAfter` has passed — checked before every
+//!    attempt, so no attempt starts after the deadline (the saga's timer comes a request
+//!    timeout plus a margin later; `saga::deadline`); `attempts` says how many this run made
+//!    before it expired, so the saga knows whether one of them may have reached the provider;
+//! 3. call the provider ([`provider`]): `POST /v1/charges` with
 //!    `Idempotency-Key: <paymentId>`, connect and request timeouts, at most
 //!    [`HttpRetryPolicy::attempts_max`] attempts spaced by full-jitter backoff ([`backoff`]),
 //!    at most [`DispatcherConfig::concurrency_max`] calls on the wire at once;
-//! 3. produce the outcome to `payments.dispatch-outcomes`, keyed by paymentId, with an
+//! 4. produce the outcome to `payments.dispatch-outcomes`, keyed by paymentId, with an
 //!    idempotent producer, and wait for the broker's acknowledgement: `ACCEPTED` on a 2xx,
 //!    `REJECTED` on a 4xx other than 408, 409 and 429, `RETRIES_EXHAUSTED` after the last
 //!    attempt;
-//! 4. only then does the loop store and commit the command's offset.
+//! 5. only then does the loop store and commit the command's offset.
+//!
+//! A second loop on `payments.provider-requests` (its own group, `<group>.requests`) answers
+//! the saga's status queries, voids and refunds ([`verify`]) with the same HTTP policy,
+//! semaphore and outcome producer, on the same outcomes topic.
 //!
 //! A 409 is the provider saying the key is in use: a request with the same
 //! idempotency key is being processed (Stripe's answer to a concurrent request). It says
@@ -40,9 +48,10 @@
 //! When the attempts run out after an attempt that may have reached the provider (a
 //! timeout, a 5xx, a 409), the provider may hold the charge. [`Verdict::Exhausted`]
 //! marks that `uncertain`; it is reported `RETRIES_EXHAUSTED` with the uncertainty in
-//! the detail. [`Verdict::report`] is the hook where asking the provider for the charge's
-//! status belongs before anything is reported (DESIGN.md: an uncertain outcome is
-//! verified before the wallet is refunded); that verify path is not built here.
+//! the detail, and the saga verifies it: it sends a status query (and, if the provider
+//! holds no charge, a void) on `payments.provider-requests`, which [`verify`] answers.
+//! The saga treats every RETRIES_EXHAUSTED as uncertain: a crashed earlier run may have
+//! sent an attempt this run knows nothing of.
 //!
 //! # Concurrency and order
 //!
@@ -63,6 +72,7 @@ pub mod backoff;
 pub mod dedup;
 pub mod metrics;
 pub mod provider;
+pub mod verify;
 
 use paystream_topology::dlq::truncate;
 use std::future::Future;
@@ -78,7 +88,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use schema_registry_converter::error::SRCError;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler, Stop};
 use crate::dlq;
@@ -118,6 +128,8 @@ pub struct DispatcherConfig {
     pub schema_registry_url: String,
     /// Where ChargeCommands are read (`payments.provider-commands`); tests use their own.
     pub commands_topic: String,
+    /// Where the saga's ProviderRequests are read (`payments.provider-requests`).
+    pub requests_topic: String,
     /// Where DispatchOutcomes go (`payments.dispatch-outcomes`).
     pub outcomes_topic: String,
     /// Where undecodable commands go (`payments.dlq`).
@@ -151,6 +163,7 @@ impl DispatcherConfig {
             kafka_bootstrap: stack.kafka_bootstrap.clone(),
             schema_registry_url: stack.schema_registry_url.clone(),
             commands_topic: topics::PAYMENTS_PROVIDER_COMMANDS.to_owned(),
+            requests_topic: topics::PAYMENTS_PROVIDER_REQUESTS.to_owned(),
             outcomes_topic: topics::PAYMENTS_DISPATCH_OUTCOMES.to_owned(),
             dlq_topic: dlq::DEFAULT_TOPIC.to_owned(),
             group_id: DEFAULT_GROUP_ID.to_owned(),
@@ -178,6 +191,16 @@ impl DispatcherConfig {
             retry: self.retry,
             queue_max: self.partition_buffer_max,
             revoke_drain: Duration::from_millis(consumer::REVOKE_DRAIN_MAX_MS),
+        }
+    }
+
+    /// The requests loop's part: the requests topic, in a group of its own (its offsets are
+    /// its own progress; sharing the charges' group would rebalance both on either's change).
+    pub fn requests_consumer(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            topic: self.requests_topic.clone(),
+            group_id: format!("{}.requests", self.group_id),
+            ..self.consumer()
         }
     }
 }
@@ -258,17 +281,51 @@ pub async fn run(config: DispatcherConfig, shutdown: impl Future<Output = ()>) -
         concurrency_max = config.concurrency_max,
         "dispatcher starting"
     );
-    let consumer_config = config.consumer();
-    let consumer_metrics = config.metrics.consumer().clone();
+    let requests_client =
+        verify::RequestClient::new(&config.provider_url, config.connect_timeout, config.request_timeout)
+            .map_err(DispatchError::Http)?;
+    let (charges_config, requests_config) = (config.consumer(), config.requests_consumer());
+    let charges_metrics = config.metrics.consumer().clone();
+    let requests_metrics = config.metrics.requests_consumer().clone();
+    let dedup_window_max = config.dedup_window_max;
     let handler = Arc::new(Dispatch {
         calls: Semaphore::new(config.concurrency_max.max(1)),
-        dedup: Mutex::new(DedupWindow::new(config.dedup_window_max)),
+        dedup: Mutex::new(DedupWindow::new(dedup_window_max)),
         config,
         codec,
         producer,
         provider,
     });
-    consumer::run(consumer_config, handler, consumer_metrics, shutdown).await.map_err(DispatchError::from)
+    let verify = Arc::new(verify::Verify {
+        dispatch: handler.clone(),
+        client: requests_client,
+        dedup: Mutex::new(DedupWindow::new(dedup_window_max)),
+    });
+
+    // One shutdown for both loops; either one stopping with an error stops the other.
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let charges = consumer::run(charges_config, handler, charges_metrics, until_stopped(stopped.clone()));
+    let requests = consumer::run(requests_config, verify, requests_metrics, until_stopped(stopped));
+    tokio::pin!(charges, requests, shutdown);
+    let (charged, asked) = tokio::select! {
+        () = &mut shutdown => {
+            let _ = stop.send(true);
+            tokio::join!(charges, requests)
+        }
+        charged = &mut charges => {
+            let _ = stop.send(true);
+            (charged, requests.await)
+        }
+        asked = &mut requests => {
+            let _ = stop.send(true);
+            (charges.await, asked)
+        }
+    };
+    charged.map_err(DispatchError::from)?;
+    asked.map_err(DispatchError::from)
 }
 
 /// The outcome producer: idempotent, `acks=all`, Java's murmur2 partitioner (so an
@@ -306,6 +363,8 @@ pub enum Verdict {
     /// The attempts ran out. `uncertain` when the last one may have reached the provider
     /// ([`AttemptError::may_have_reached_provider`]): the provider may hold the charge.
     Exhausted { attempts: u32, last: AttemptError, uncertain: bool },
+    /// The command's `notAfter` passed before attempt `attempts + 1`: nothing more was sent.
+    Expired { attempts: u32, not_after: paystream_schemas::time::Timestamp },
 }
 
 impl Verdict {
@@ -335,6 +394,11 @@ impl Verdict {
                     format!("no acceptance after {attempts} attempts ({certainty}); last: {last}"),
                 )
             }
+            Self::Expired { attempts, not_after } => (
+                DispatchResult::Expired,
+                *attempts,
+                format!("its deadline {not_after} passed after {attempts} attempts of this run; nothing more sent"),
+            ),
         }
     }
 }
@@ -394,6 +458,10 @@ impl Dispatch {
         let attempts_max = policy.attempts_max.max(1);
         let mut attempt = 0;
         loop {
+            if let Some(not_after) = command.not_after.filter(|_| command.is_expired_at(time::now())) {
+                metrics.record_expired();
+                return Some(Verdict::Expired { attempts: attempt, not_after });
+            }
             attempt += 1;
             let result = {
                 let _permit = tokio::select! {
@@ -539,5 +607,22 @@ mod tests {
         assert!(!refused.report().2.contains("uncertain"));
         let accepted = Verdict::Accepted { status: 202, attempts: 2 };
         assert_eq!(accepted.report().0, DispatchResult::Accepted);
+    }
+
+    #[test]
+    fn an_expired_command_is_reported_with_the_attempts_this_run_made() {
+        let not_after = time::now();
+        let (result, attempts, detail) = Verdict::Expired { attempts: 0, not_after }.report();
+        assert_eq!((result, attempts), (DispatchResult::Expired, 0));
+        assert!(detail.contains("nothing more sent"), "{detail}");
+    }
+
+    #[test]
+    fn provider_requests_have_a_loop_and_a_group_of_their_own() {
+        let config = config();
+        let requests = config.requests_consumer();
+        assert_eq!(requests.topic, "payments.provider-requests");
+        assert_eq!(requests.group_id, format!("{DEFAULT_GROUP_ID}.requests"));
+        assert_eq!((requests.processor, requests.dlq_topic), (PROCESSOR, config.dlq_topic.clone()));
     }
 }

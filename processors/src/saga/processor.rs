@@ -452,7 +452,8 @@ impl Saga {
                     description: reason.into(),
                 });
                 Self::save(ctx, id, &state)?;
-                let timer = (TimerKind::CallbackRetention, Self::timer_id(id, TimerKind::CallbackRetention, None));
+                let timer =
+                    (TimerKind::CallbackRetention, Self::timer_id(id, TimerKind::CallbackRetention, None));
                 self.schedule(ctx, id, timer, self.settings.callback_retention, ts)?;
                 return Ok(decision);
             }
@@ -592,7 +593,9 @@ impl Saga {
             currency: payment.currency.clone(),
             discrepancy,
             remedy: Remedy::RefundRequested,
-            published_status: PaymentResultStatus::from_symbol(state.published.as_deref().unwrap_or_default()),
+            published_status: PaymentResultStatus::from_symbol(
+                state.published.as_deref().unwrap_or_default(),
+            ),
             refund_request_id: refund,
             evidence: evidence.to_owned(),
             detected_at: Self::now(ctx),
@@ -698,7 +701,8 @@ impl Saga {
                     return Ok(());
                 }
                 state.retry_timer = None;
-                let decision = self.apply(ctx, id, state.clone(), Signal::RetryDue, "asking the provider again", ts)?;
+                let decision =
+                    self.apply(ctx, id, state.clone(), Signal::RetryDue, "asking the provider again", ts)?;
                 if !saves(decision) {
                     Self::save(ctx, id, &state)?;
                 }
@@ -716,7 +720,9 @@ impl Saga {
                 }
                 Ok(())
             }
-            (TimerChange::Fired { .. }, TimerKind::Unknown) => Err(ProcessError::poison("timer of an unknown kind")),
+            (TimerChange::Fired { .. }, TimerKind::Unknown) => {
+                Err(ProcessError::poison("timer of an unknown kind"))
+            }
         }
     }
 }
@@ -740,16 +746,20 @@ impl Processor<Uuid, SagaEvent> for Saga {
             }
             SagaEvent::Outcome(o) => self.outcome(ctx, id, o, ts),
             SagaEvent::Timer(t) => self.timer(ctx, id, t, ts),
-            SagaEvent::Charge(_) | SagaEvent::Request(_) | SagaEvent::Result(_) | SagaEvent::Reconciliation(_) => {
-                Err(ProcessError::poison("an output event on an input topic"))
-            }
+            SagaEvent::Charge(_)
+            | SagaEvent::Request(_)
+            | SagaEvent::Result(_)
+            | SagaEvent::Reconciliation(_) => Err(ProcessError::poison("an output event on an input topic")),
         }
     }
 }
 
 /// Whether [`Saga::apply`] writes the payment's state for `decision`.
 fn saves(decision: Decision) -> bool {
-    matches!(decision, Decision::Transition(_) | Decision::RetryLater | Decision::Reissue | Decision::KeepForLater)
+    matches!(
+        decision,
+        Decision::Transition(_) | Decision::RetryLater | Decision::Reissue | Decision::KeepForLater
+    )
 }
 
 /// The saga's topology over `codec`, on `topics`.

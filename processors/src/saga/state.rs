@@ -311,9 +311,10 @@ pub fn next(current: Option<PaymentStatus>, signal: Signal) -> Decision {
         (New | Sent, Charged | NotCharged | Voided | Refunded | Inconclusive | RetryDue) => Illegal,
 
         // The provider is being asked: the charge's own outcome and the timer change nothing.
-        (Verifying(_) | Voiding(_), DispatchAccepted | DispatchRejected | DispatchUncertain | DispatchExpired) => {
-            Superseded
-        }
+        (
+            Verifying(_) | Voiding(_),
+            DispatchAccepted | DispatchRejected | DispatchUncertain | DispatchExpired,
+        ) => Superseded,
         (Verifying(_) | Voiding(_), TimerFired) => Superseded,
         (Verifying(_) | Voiding(_), Charged) => Transition(Completed),
         (Verifying(cause), NotCharged) => Transition(Voiding(cause)),
@@ -422,7 +423,7 @@ mod tests {
     fn a_charge_after_a_failure_is_refunded_and_reconciled() {
         for failed in [Failed, FailedTimeout] {
             assert_eq!(next(Some(failed), ProviderSucceeded), Transition(Refunding));
-            assert_eq!(effects(Some(failed), Transition(Refunding)).reconcile, true);
+            assert!(effects(Some(failed), Transition(Refunding)).reconcile);
             assert_eq!(next(Some(failed), ProviderFailed), Absorbed(failed));
         }
         assert_eq!(next(Some(Refunding), Refunded), Transition(Reconciled));
