@@ -15,6 +15,7 @@ use paystream_schemas::events::{
     topics, PaymentResult, PaymentResultStatus, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::EventCodec;
+use paystream_stack::kafka::EndOfPartitionIsNoError;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -349,7 +350,7 @@ fn read_to_end_blocking(
     isolation: Isolation,
 ) -> Result<Vec<LogRecord>, SnapshotError> {
     let kafka = |source| SnapshotError::Kafka { topic: topic.to_owned(), source };
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<EndOfPartitionIsNoError> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         // No group: the audit assigns partitions itself and commits nothing.
         .set("group.id", "paystream-audit")
@@ -364,7 +365,7 @@ fn read_to_end_blocking(
         )
         // The end of a partition is reported, so the read knows when it is done.
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(EndOfPartitionIsNoError)
         .map_err(kafka)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(kafka)?;
     let partitions: Vec<i32> =

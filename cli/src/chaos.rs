@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::Utc;
 use paystream_audit::{Rules, Scope, Sources};
-use paystream_stack::supervisor::{self, Fleet};
+use paystream_stack::supervisor::{self, Fleet, FlowEnvironment};
 use paystream_stack::StackSettings;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -37,6 +37,8 @@ const QUIESCE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The processes a fault may kill or pause (the API and the provider stay up: the load's
 /// client and the provider's ledger are the outside world).
 const VICTIMS: [&str; 4] = ["saga", "timers", "dispatch", "settle"];
+/// Users (each with a wallet) the chaos run's load pays from.
+const LOAD_USERS: u32 = 20;
 /// The stack's parts that are restarted (`dev/fault restart`).
 const STACK_PARTS: [&str; 3] = ["connect", "kafka", "postgres"];
 
@@ -107,22 +109,6 @@ fn plan(seed: u64, kills: usize, stack_faults: bool, window: Duration) -> Vec<(D
         faults.into_iter().map(|f| (Duration::from_millis(rng.random_range(0..span_ms)), f)).collect();
     timed.sort_by_key(|(at, _)| *at);
     timed
-}
-
-/// The simulator with every fault on, as the chaos run's provider.
-fn environment(seed: u64) -> Vec<(String, String)> {
-    [
-        ("PAYSTREAM_PROVIDER_SIM_SEED", seed.to_string()),
-        ("PAYSTREAM_PROVIDER_SIM_DELAY_MIN_MS", "50".into()),
-        ("PAYSTREAM_PROVIDER_SIM_DELAY_MAX_MS", "2000".into()),
-        ("PAYSTREAM_PROVIDER_SIM_DUPLICATE_RATE", "0.05".into()),
-        ("PAYSTREAM_PROVIDER_SIM_REORDER_RATE", "0.02".into()),
-        ("PAYSTREAM_PROVIDER_SIM_LOST_RATE", "0.02".into()),
-        ("PAYSTREAM_PROVIDER_SIM_CHARGE_5XX_RATE", "0.05".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
 }
 
 async fn dev_fault(dev_dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -211,8 +197,12 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("the paystream binary's path")?;
     let log_dir = std::env::temp_dir().join(format!("paystream-chaos-{}", args.seed));
     std::fs::create_dir_all(&log_dir)?;
-    let specs = supervisor::services_file(&args.dev_dir.join("services"), &program, &environment(args.seed))
-        .context("reading dev/services")?;
+    let specs = supervisor::services_file(
+        &args.dev_dir.join("services"),
+        &program,
+        &FlowEnvironment::faulty(args.seed).vars(),
+    )
+    .context("reading dev/services")?;
     let since = Utc::now();
     let mut fleet = Fleet::start(specs, &log_dir).await?;
     let window = Duration::from_secs((args.payments / args.rate.max(1)).max(1));
@@ -229,6 +219,8 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut load = Command::new(&program)
         .args(["load", "--payments", &args.payments.to_string(), "--rate", &args.rate.to_string()])
+        .args(["--users", &LOAD_USERS.to_string(), "--results-dir"])
+        .arg(log_dir.join("load"))
         .kill_on_drop(true)
         .spawn()
         .context("starting paystream load")?;

@@ -23,7 +23,7 @@ use paystream_schemas::events::{
     topics, PaymentInitiated, PaymentResult, PaymentResultStatus, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::{Amount, EventCodec};
-use paystream_stack::supervisor::{self, Fleet};
+use paystream_stack::supervisor::{self, Fleet, FlowEnvironment};
 use paystream_stack::testkit;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -52,12 +52,13 @@ const SEED: &str = "20261201";
 
 /// Topics a paystream process consumes, with how many consumer groups read each (the saga and
 /// the timers app both read the timers topic, so a poison timer is dead-lettered twice).
-const CONSUMED: [(&str, usize); 6] = [
+const CONSUMED: [(&str, usize); 7] = [
     (topics::PAYMENTS_INITIATED, 1),
     (topics::PAYMENTS_CALLBACKS, 1),
     (topics::PAYMENTS_DISPATCH_OUTCOMES, 1),
     (topics::PAYMENTS_TIMERS, 2),
     (topics::PAYMENTS_PROVIDER_COMMANDS, 1),
+    (topics::PAYMENTS_PROVIDER_REQUESTS, 1),
     (topics::PAYMENTS_RESULTS, 1),
 ];
 /// The header that names a poison record of this test, so its dead letter can be found.
@@ -174,36 +175,16 @@ fn assert_dead_lettered(dlq: &rdkafka::consumer::BaseConsumer, poison: &[Poison]
     }
 }
 
-/// The environment of the run: a provider with every fault dialled up so each path of the saga
-/// is taken in a few dozen payments, short delays so the test is quick, and a dispatch budget
-/// that ends well before the payment timeout.
+/// The run: a provider with every fault dialled up (lost callbacks included, so the saga's
+/// verification with the provider is taken), short delays so the test is quick.
 fn environment(state_dir: &Path) -> Vec<(String, String)> {
-    [
-        ("PAYSTREAM_STATE_DIR", state_dir.to_str().expect("a UTF-8 path")),
-        ("PAYSTREAM_PROVIDER_SIM_SEED", SEED),
-        ("PAYSTREAM_PROVIDER_SIM_DELAY_MIN_MS", "50"),
-        ("PAYSTREAM_PROVIDER_SIM_DELAY_MAX_MS", "500"),
-        ("PAYSTREAM_PROVIDER_SIM_SUCCESS_RATIO", "0.7"),
-        ("PAYSTREAM_PROVIDER_SIM_DUPLICATE_RATE", "0.2"),
-        ("PAYSTREAM_PROVIDER_SIM_REORDER_RATE", "0.1"),
-        // Lost callbacks end in the saga's timeout; until the saga verifies an uncertain charge
-        // with the provider (money-safety issue), that refunds a charge the provider kept — which
-        // the audit below would report. Raise this once the verify path exists.
-        ("PAYSTREAM_PROVIDER_SIM_LOST_RATE", "0"),
-        ("PAYSTREAM_PROVIDER_SIM_CHARGE_5XX_RATE", "0.2"),
-        ("PAYSTREAM_PROVIDER_SIM_SECOND_CALLBACK_DELAY_MS", "200"),
-        // The dispatcher gives up after 4 × 2 s + 3 × 0.5 s; the saga refuses a payment timeout
-        // that is not longer than that plus its 10 s margin.
-        ("PAYSTREAM_DISPATCH_ATTEMPTS_MAX", "4"),
-        ("PAYSTREAM_DISPATCH_REQUEST_TIMEOUT_MS", "2000"),
-        ("PAYSTREAM_DISPATCH_BACKOFF_INITIAL_MS", "50"),
-        ("PAYSTREAM_DISPATCH_BACKOFF_MAX_MS", "500"),
-        ("PAYSTREAM_PAYMENT_TIMEOUT_MS", "25000"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    let seed = SEED.parse().expect("a numeric seed");
+    let mut env = FlowEnvironment { state_dir: Some(state_dir.to_owned()), ..FlowEnvironment::faulty(seed) };
+    env.duplicate_rate = 0.2;
+    env.provider_5xx_rate = 0.2;
+    env.lost_rate = 0.1;
+    env.delay_ms = (50, 500);
+    env.vars()
 }
 
 fn repo_dir() -> PathBuf {
@@ -431,6 +412,9 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
         metric(&page, r#"paystream_provider_sim_callbacks_total{kind="duplicate",status="SUCCEEDED"}"#)
             + metric(&page, r#"paystream_provider_sim_callbacks_total{kind="duplicate",status="FAILED"}"#);
     assert!(duplicates > 0.0, "no duplicate callback was sent:\n{page}");
+    let lost = metric(&page, r#"paystream_provider_sim_callbacks_total{kind="lost",status="SUCCEEDED"}"#)
+        + metric(&page, r#"paystream_provider_sim_callbacks_total{kind="lost",status="FAILED"}"#);
+    assert!(lost > 0.0, "no callback was lost, so no payment was verified with the provider:\n{page}");
 
     assert_dead_lettered(&dlq, &poison);
 

@@ -319,3 +319,78 @@ impl Fleet {
         }
     }
 }
+
+/// The environment of a whole-flow run under test (the whole-flow test, the chaos run): the
+/// provider simulator's faults and speed, and a dispatch budget and payment timeout short enough
+/// that a lost callback is verified within seconds, not minutes. Only what differs from the
+/// processes' defaults.
+#[derive(Debug, Clone)]
+pub struct FlowEnvironment {
+    /// The simulator's seed: its decisions per payment are reproducible from it.
+    pub seed: u64,
+    /// The simulator's verdict delays, in ms.
+    pub delay_ms: (u64, u64),
+    /// Share of charges it declines.
+    pub decline_rate: f64,
+    /// Shares of charges whose callback is duplicated, reordered, lost.
+    pub duplicate_rate: f64,
+    /// See `duplicate_rate`.
+    pub reorder_rate: f64,
+    /// See `duplicate_rate`.
+    pub lost_rate: f64,
+    /// Share of provider calls answered 503.
+    pub provider_5xx_rate: f64,
+    /// Where the saga and timers keep their RocksDB state (`None`: inherited).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl FlowEnvironment {
+    /// Dispatcher attempts per command: with the timeout and back-off below, the dispatcher
+    /// gives up after 4 × 2 s + 3 × 0.5 s, and the saga refuses a payment timeout that is not
+    /// longer than that plus its 10 s margin.
+    const DISPATCH_ATTEMPTS_MAX: u32 = 4;
+    /// One dispatch attempt's budget, ms.
+    const DISPATCH_REQUEST_TIMEOUT_MS: u64 = 2_000;
+    /// The dispatcher's longest pause, ms.
+    const DISPATCH_BACKOFF_MAX_MS: u64 = 500;
+    /// How long a payment waits for its verdict before the saga verifies it, ms.
+    pub const PAYMENT_TIMEOUT_MS: u64 = 25_000;
+
+    /// Every fault at `rate`-ish shares, seeded.
+    pub fn faulty(seed: u64) -> Self {
+        Self {
+            seed,
+            delay_ms: (50, 1_000),
+            decline_rate: 0.2,
+            duplicate_rate: 0.1,
+            reorder_rate: 0.05,
+            lost_rate: 0.05,
+            provider_5xx_rate: 0.1,
+            state_dir: None,
+        }
+    }
+
+    /// As environment variables of the processes (their clap `env` names).
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("PAYSTREAM_PROVIDER_SIM_SEED", self.seed.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_DELAY_MIN_MS", self.delay_ms.0.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_DELAY_MAX_MS", self.delay_ms.1.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_SUCCESS_RATIO", (1.0 - self.decline_rate).to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_DUPLICATE_RATE", self.duplicate_rate.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_REORDER_RATE", self.reorder_rate.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_LOST_RATE", self.lost_rate.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_CHARGE_5XX_RATE", self.provider_5xx_rate.to_string()),
+            ("PAYSTREAM_PROVIDER_SIM_SECOND_CALLBACK_DELAY_MS", "200".to_owned()),
+            ("PAYSTREAM_DISPATCH_ATTEMPTS_MAX", Self::DISPATCH_ATTEMPTS_MAX.to_string()),
+            ("PAYSTREAM_DISPATCH_REQUEST_TIMEOUT_MS", Self::DISPATCH_REQUEST_TIMEOUT_MS.to_string()),
+            ("PAYSTREAM_DISPATCH_BACKOFF_INITIAL_MS", "50".to_owned()),
+            ("PAYSTREAM_DISPATCH_BACKOFF_MAX_MS", Self::DISPATCH_BACKOFF_MAX_MS.to_string()),
+            ("PAYSTREAM_PAYMENT_TIMEOUT_MS", Self::PAYMENT_TIMEOUT_MS.to_string()),
+        ];
+        if let Some(dir) = &self.state_dir {
+            vars.push(("PAYSTREAM_STATE_DIR", dir.display().to_string()));
+        }
+        vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+}
