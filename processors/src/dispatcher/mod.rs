@@ -370,10 +370,9 @@ pub enum Verdict {
 impl Verdict {
     /// The outcome to report: its result, attempts and detail.
     ///
-    /// The hook for uncertain outcomes: an uncertain [`Verdict::Exhausted`] is where the
-    /// verify path (ask the provider for the charge's status, void it if needed) will
-    /// decide what to report. Until it exists it is reported `RETRIES_EXHAUSTED`, the
-    /// detail saying the provider may hold the charge.
+    /// An uncertain [`Verdict::Exhausted`] is reported `RETRIES_EXHAUSTED`, the detail saying
+    /// the provider may hold the charge; the saga then verifies it (status query, void) through
+    /// the requests loop ([`verify`]) before anything is refunded.
     pub fn report(&self) -> (DispatchResult, u32, String) {
         match self {
             Self::Accepted { status, attempts } => {
