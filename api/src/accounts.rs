@@ -1,18 +1,18 @@
 //! Accounts (seed 004): a user's wallet per currency, deposits, balances.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use paystream_schemas::Amount;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::money;
 use crate::state::AppState;
 
@@ -21,50 +21,91 @@ pub const NAME_CHARS_MAX: usize = 200;
 pub const PHONE_CHARS_MAX: usize = 32;
 /// Longest accepted Idempotency-Key.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+/// The CHECK constraint capping a wallet's available + reserved
+/// (`migrations/wallet/20261128000004_wallet_balance_max.sql`), and its cap as the problem says it.
+pub const BALANCE_MAX_CONSTRAINT: &str = "wallets_balance_max";
+pub const BALANCE_MAX_TEXT: &str = "999999999999.99";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
-    /// The owner's name (stored on the user; the payment view shows it).
+    /// The owner's name (stored on the user; the payment view shows it): 1 to 200 characters
+    /// once trimmed, no NUL.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     name: String,
+    /// At most 32 characters, no NUL.
+    #[schema(max_length = 32, pattern = r"^[^\u0000]*$")]
     phone: Option<String>,
     /// ISO 4217 code, e.g. "RUB".
+    #[schema(pattern = "^[A-Z]{3}$", example = "RUB")]
     currency: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepositRequest {
     #[serde(deserialize_with = "money::exact")]
+    #[schema(value_type = money::RequestAmount)]
     amount: Decimal,
 }
 
 /// A wallet's balance.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Balance {
     wallet_id: Uuid,
+    #[schema(pattern = "^[A-Z]{3}$", example = "RUB")]
     currency: String,
     /// What the owner may spend.
     #[serde(serialize_with = "money::to_number")]
+    #[schema(value_type = money::ResponseMoney)]
     available: Decimal,
     /// What accepted, unsettled payments hold.
     #[serde(serialize_with = "money::to_number")]
+    #[schema(value_type = money::ResponseMoney)]
     reserved: Decimal,
 }
 
-/// `POST /api/v1/accounts`: the caller's wallet in a currency (one per user and currency).
+/// Creates the caller's wallet in a currency (one per user and currency) and records the
+/// caller's name and phone.
+///
+/// Problems: 400 `malformed-json`; 401 `unauthorized`; 409 `wallet-exists` (with `walletId`);
+/// 413 `payload-too-large`; 415 `unsupported-media-type`; 422 `validation` (with `field`);
+/// 503 `unavailable`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/accounts",
+    tag = "accounts",
+    request_body(content = CreateAccount, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new, empty wallet", body = Balance),
+        (status = 400, response = crate::error::Problem),
+        (status = 401, response = crate::error::Problem),
+        (status = 409, response = crate::error::Problem),
+        (status = 413, response = crate::error::Problem),
+        (status = 415, response = crate::error::Problem),
+        (status = 422, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(request): ApiJson<CreateAccount>,
 ) -> Result<(StatusCode, Json<Balance>), ApiError> {
     let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
-        return Err(ApiError::validation("name", format!("must be 1 to {NAME_CHARS_MAX} characters")));
+    if name.is_empty() || name.chars().count() > NAME_CHARS_MAX || name.contains('\0') {
+        return Err(ApiError::validation(
+            "name",
+            format!("must be 1 to {NAME_CHARS_MAX} characters, not all blank, without NUL"),
+        ));
     }
-    if request.phone.as_ref().is_some_and(|p| p.chars().count() > PHONE_CHARS_MAX) {
-        return Err(ApiError::validation("phone", format!("must be at most {PHONE_CHARS_MAX} characters")));
+    if request.phone.as_ref().is_some_and(|p| p.chars().count() > PHONE_CHARS_MAX || p.contains('\0')) {
+        return Err(ApiError::validation(
+            "phone",
+            format!("must be at most {PHONE_CHARS_MAX} characters, without NUL"),
+        ));
     }
     if !(request.currency.len() == 3 && request.currency.bytes().all(|b| b.is_ascii_uppercase())) {
         return Err(ApiError::validation("currency", "must be an ISO 4217 code such as RUB"));
@@ -97,12 +138,10 @@ pub async fn create(
                 .bind(&request.currency)
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut extra = Map::new();
-        extra.insert("walletId".into(), Value::String(existing.to_string()));
         return Err(ApiError::Conflict {
             slug: "wallet-exists",
             detail: format!("you already have a {} wallet", request.currency),
-            extra,
+            wallet_id: Some(existing),
         });
     }
     tx.commit().await?;
@@ -111,7 +150,20 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(balance)))
 }
 
-/// `GET /api/v1/accounts`: the caller's wallets.
+/// The caller's wallets, oldest first.
+///
+/// Problems: 401 `unauthorized`; 503 `unavailable`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/accounts",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "The caller's wallets", body = Vec<Balance>),
+        (status = 401, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Balance>>, ApiError> {
     let rows: Vec<(Uuid, String, Decimal, Decimal)> = sqlx::query_as(
         "SELECT wallet_id, currency, available, reserved FROM wallets WHERE user_id = $1 ORDER BY created_at",
@@ -131,27 +183,75 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     ))
 }
 
-/// `GET /api/v1/accounts/{wallet_id}`: one of the caller's wallets.
+/// One of the caller's wallets.
+///
+/// Problems: 401 `unauthorized`; 403 `forbidden` (someone else's wallet); 404 `not-found`;
+/// 422 `validation` (the id is not a UUID, field `path`); 503 `unavailable`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/accounts/{walletId}",
+    tag = "accounts",
+    params(("walletId" = Uuid, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = "The wallet's balance", body = Balance),
+        (status = 401, response = crate::error::Problem),
+        (status = 403, response = crate::error::Problem),
+        (status = 404, response = crate::error::Problem),
+        (status = 422, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn balance(
     State(state): State<AppState>,
     caller: Caller,
-    Path(wallet_id): Path<Uuid>,
+    ApiPath(wallet_id): ApiPath<Uuid>,
 ) -> Result<Json<Balance>, ApiError> {
     let mut conn = state.db.acquire().await?;
     Ok(Json(owned_balance(&mut conn, caller, wallet_id).await?))
 }
 
-/// `POST /api/v1/accounts/{wallet_id}/deposits` with `Idempotency-Key`: adds money. The
-/// same key again is the same deposit (answered with the current balance); the same key
-/// with another wallet or amount is a 409.
+/// Adds money to a wallet, once per `Idempotency-Key`: the same key again is the same deposit
+/// (answered with the current balance); the same key with another wallet or amount is a 409.
+/// A wallet holds at most 999999999999.99 in all (available + reserved).
 ///
-/// Money enters the system here, so only an operator's token (scope
-/// [`crate::auth::OPERATOR_SCOPE`]) may deposit, into any user's wallet; a user's own token
-/// is a 403, whoever owns the wallet (otherwise every user could mint money for themselves).
+/// Money enters the system here, so only an operator's token (scope `operator`) may deposit,
+/// into any user's wallet; a user's own token is a 403, whoever owns the wallet (otherwise
+/// every user could mint money for themselves).
+///
+/// Problems: 400 `malformed-json` or `missing-header`; 401 `unauthorized`; 403
+/// `insufficient-scope`; 404 `not-found`; 409 `idempotency-key-reused`; 413
+/// `payload-too-large`; 415 `unsupported-media-type`; 422 `validation` (with `field`: the
+/// amount, or the balance it would exceed; `path` for a wallet id that is not a UUID); 503
+/// `unavailable`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/accounts/{walletId}/deposits",
+    tag = "accounts",
+    params(
+        ("walletId" = Uuid, Path, description = "The wallet's id"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 128,
+         description = "The deposit's id, 1 to 128 characters; the same key again is the same deposit"),
+    ),
+    request_body(content = DepositRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The balance after the deposit", body = Balance),
+        (status = 400, response = crate::error::Problem),
+        (status = 401, response = crate::error::Problem),
+        (status = 403, response = crate::error::Problem),
+        (status = 404, response = crate::error::Problem),
+        (status = 409, response = crate::error::Problem),
+        (status = 413, response = crate::error::Problem),
+        (status = 415, response = crate::error::Problem),
+        (status = 422, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn deposit(
     State(state): State<AppState>,
     caller: Caller,
-    Path(wallet_id): Path<Uuid>,
+    ApiPath(wallet_id): ApiPath<Uuid>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<DepositRequest>,
 ) -> Result<Json<Balance>, ApiError> {
@@ -188,7 +288,7 @@ pub async fn deposit(
             return Err(ApiError::Conflict {
                 slug: "idempotency-key-reused",
                 detail: "this Idempotency-Key was used for another deposit".into(),
-                extra: Map::new(),
+                wallet_id: None,
             });
         }
     } else {
@@ -201,8 +301,16 @@ pub async fn deposit(
         .execute(&mut *tx)
         .await;
         if let Err(sqlx::Error::Database(e)) = &updated {
-            if e.code().as_deref() == Some("22003") {
-                return Err(ApiError::validation("amount", "the wallet's balance would exceed its limit"));
+            // 22003: `available` alone would overflow numeric(14,2); 23514 on
+            // wallets_balance_max: available + reserved would pass the cap. Either way the
+            // deposit is refused and its transaction (with the deposits row) rolled back.
+            let over_cap =
+                e.code().as_deref() == Some("23514") && e.constraint() == Some(BALANCE_MAX_CONSTRAINT);
+            if e.code().as_deref() == Some("22003") || over_cap {
+                return Err(ApiError::validation(
+                    "amount",
+                    format!("the wallet's balance (available + reserved) would exceed {}", BALANCE_MAX_TEXT),
+                ));
             }
         }
         updated?;

@@ -24,7 +24,6 @@
 //! A partial unique index (`provider_callbacks_one_verdict_per_payment`) makes "one forwarded
 //! callback per payment" hold under concurrent deliveries too.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -34,9 +33,11 @@ use paystream_schemas::time;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::extract::ApiBytes;
 use crate::signature;
 use crate::state::AppState;
 use crate::timestamp;
@@ -46,16 +47,31 @@ pub const DESCRIPTION_CHARS_MAX: usize = 1000;
 pub const EVENT_ID_BYTES_MAX: usize = 200;
 
 /// The body of seed 000's callback, plus the provider's optional event id.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Callback {
+pub struct Callback {
     payment_id: Uuid,
+    /// The provider's verdict.
+    #[schema(schema_with = status_schema)]
     status: String,
+    /// The provider's words (at most 1000 characters, no NUL).
+    #[schema(max_length = 1000, pattern = r"^[^\u0000]*$")]
     description: String,
+    #[schema(value_type = crate::timestamp::Timestamp)]
     timestamp: String,
-    /// The provider's id of this event; inside the body, so the signature covers it.
+    /// The provider's id of this event; inside the body, so the signature covers it. Without
+    /// it, the SHA-256 of the raw body identifies the event.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     event_id: Option<String>,
+}
+
+/// `status`'s schema: the two verdicts a provider may send.
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["SUCCEEDED", "FAILED"]))
+        .build()
 }
 
 /// What became of a recorded callback (`provider_callbacks.disposition`).
@@ -81,17 +97,41 @@ impl Disposition {
 }
 
 /// The answer of seed 000: the payment and when the callback was accepted.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallbackAccepted {
     payment_id: Uuid,
+    /// When this callback was first accepted.
+    #[schema(value_type = crate::timestamp::Timestamp)]
     timestamp: String,
 }
 
+/// The provider's signed verdict on a charge. The signature (`Paystream-Signature`) is checked
+/// on the raw bytes before anything is parsed. Every authentic callback is a 200, also a
+/// redelivery (answered as the first time) and a later different event of the same payment
+/// (recorded, not forwarded): only a payment's first verdict reaches the saga.
+///
+/// Problems: 400 `malformed-callback` or `unknown-status` (signed, but not a callback); 401
+/// `unauthorized` (signature missing, wrong or outside ±300 s); 413 `payload-too-large`;
+/// 503 `unavailable` (the provider retries).
+#[utoipa::path(
+    post,
+    path = "/api/v1/callback",
+    tag = "provider",
+    request_body(content = Callback, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded now or before", body = CallbackAccepted),
+        (status = 400, response = crate::error::Problem),
+        (status = 401, response = crate::error::Problem),
+        (status = 413, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("providerSignature" = []))
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<CallbackAccepted>, ApiError> {
     let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
     state.callbacks.verify(header, &body, Utc::now().timestamp()).map_err(|e| {
@@ -111,10 +151,10 @@ pub async fn receive(
             })
         }
     };
-    if callback.description.chars().count() > DESCRIPTION_CHARS_MAX {
+    if callback.description.chars().count() > DESCRIPTION_CHARS_MAX || callback.description.contains('\0') {
         return Err(ApiError::BadRequest {
             slug: "malformed-callback",
-            detail: format!("description is longer than {DESCRIPTION_CHARS_MAX} characters"),
+            detail: format!("description must be at most {DESCRIPTION_CHARS_MAX} characters, without NUL"),
         });
     }
     let provider_timestamp = timestamp::parse(&callback.timestamp).ok_or_else(|| ApiError::BadRequest {
@@ -122,11 +162,11 @@ pub async fn receive(
         detail: "timestamp must be yyyyMMdd-HH:mm:ss:SSSSSS (UTC)".into(),
     })?;
     let provider_event_id = match callback.event_id.as_deref().map(str::trim) {
-        Some(id) if !id.is_empty() && id.len() <= EVENT_ID_BYTES_MAX => id.to_owned(),
+        Some(id) if !id.is_empty() && id.len() <= EVENT_ID_BYTES_MAX && !id.contains('\0') => id.to_owned(),
         Some(_) => {
             return Err(ApiError::BadRequest {
                 slug: "malformed-callback",
-                detail: format!("eventId must be 1 to {EVENT_ID_BYTES_MAX} bytes"),
+                detail: format!("eventId must be 1 to {EVENT_ID_BYTES_MAX} bytes, not blank, without NUL"),
             })
         }
         None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),

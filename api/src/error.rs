@@ -2,12 +2,15 @@
 //!
 //! Every variant is an expected condition with a stable problem `type` a client can branch
 //! on. Internal failures are logged with their detail and answered with a generic 500:
-//! a client never sees SQL or a stack trace.
+//! a client never sees SQL or a stack trace. Unknown paths and methods are problems too
+//! ([`not_found`], [`method_not_allowed`], the router's fallbacks), so a client can parse every
+//! error the same way.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use utoipa::{ToResponse, ToSchema};
+use uuid::Uuid;
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,12 @@ pub enum ApiError {
     InsufficientScope { scope: &'static str },
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// No route has this path (the router's fallback).
+    #[error("no such endpoint; the API's endpoints are listed in {}", crate::openapi::DOCUMENT_PATH)]
+    NoSuchEndpoint,
+    /// The path exists, but not for this method; the response's `Allow` header names those it has.
+    #[error("this endpoint does not answer this method; the Allow header lists the ones it does")]
+    MethodNotAllowed,
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("the request body must be application/json")]
@@ -31,8 +40,9 @@ pub enum ApiError {
     Validation { field: &'static str, detail: String },
     #[error("insufficient funds: {available} available")]
     InsufficientFunds { available: String },
+    /// An id reused for something else; `wallet_id` names the existing wallet of `wallet-exists`.
     #[error("{detail}")]
-    Conflict { slug: &'static str, detail: String, extra: Map<String, Value> },
+    Conflict { slug: &'static str, detail: String, wallet_id: Option<Uuid> },
     #[error("{0}")]
     MissingHeader(&'static str),
     #[error("{detail}")]
@@ -43,17 +53,34 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// The body of every error response.
-#[derive(Serialize)]
-struct Problem<'a> {
-    /// Stable identifier of the problem kind, relative to the API's base URL.
+/// The body of every error response (RFC 9457 problem details), as `application/problem+json`.
+/// It is the schema of every error response in the OpenAPI document, so it is typed: no free
+/// form members a client would have to guess.
+#[derive(Serialize, ToSchema, ToResponse)]
+#[response(
+    description = "A problem (RFC 9457); its `type` says which, see the operation's description",
+    content_type = "application/problem+json"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// Stable identifier of the problem kind, relative to the API's base URL, e.g.
+    /// `/problems/validation`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(flatten)]
-    extra: Map<String, Value>,
+    #[schema(example = "/problems/validation", pattern = "^/problems/[a-z-]+$")]
+    pub kind: String,
+    /// A short summary of the problem kind; the same for every occurrence of a `type`.
+    pub title: String,
+    /// The HTTP status code, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request. Never internal detail (SQL, secrets, stack traces).
+    pub detail: String,
+    /// `/problems/validation`: the field (or `body`, `path`) that broke its rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `/problems/wallet-exists`: the caller's existing wallet in that currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wallet_id: Option<Uuid>,
 }
 
 impl ApiError {
@@ -73,7 +100,10 @@ impl ApiError {
             Self::InsufficientScope { .. } => {
                 (StatusCode::FORBIDDEN, "insufficient-scope", "Insufficient scope")
             }
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::NotFound(_) | Self::NoSuchEndpoint => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
+            }
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
@@ -99,24 +129,27 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
-        let mut extra = Map::new();
         let detail = match &self {
             Self::Internal(detail) | Self::Unavailable(detail) => {
                 tracing::error!(%status, detail, "request failed");
                 "the request could not be completed; it changed nothing".to_owned()
             }
-            Self::Validation { field, .. } => {
-                extra.insert("field".into(), Value::String((*field).to_owned()));
-                self.to_string()
-            }
-            Self::Conflict { extra: more, .. } => {
-                extra.extend(more.clone());
-                self.to_string()
-            }
             _ => self.to_string(),
         };
-        let problem =
-            Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail, extra };
+        let problem = Problem {
+            kind: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field: match &self {
+                Self::Validation { field, .. } => Some((*field).to_owned()),
+                _ => None,
+            },
+            wallet_id: match &self {
+                Self::Conflict { wallet_id, .. } => *wallet_id,
+                _ => None,
+            },
+        };
         let mut response = (status, axum::Json(problem)).into_response();
         response
             .headers_mut()
@@ -134,6 +167,16 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The router's fallback: a path no route has.
+pub async fn not_found() -> ApiError {
+    ApiError::NoSuchEndpoint
+}
+
+/// The router's method-not-allowed fallback (axum keeps the `Allow` header it computed).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 impl From<sqlx::Error> for ApiError {

@@ -21,6 +21,7 @@
 //!   forward only a payment's first verdict.
 //! - [`signature`]: Stripe-style HMAC signatures of callbacks.
 //! - [`metrics`]: Prometheus metrics of the edge.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers, served and checked in.
 
 pub mod accounts;
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod money;
+pub mod openapi;
 pub mod payments;
 pub mod secrets;
 pub mod server;

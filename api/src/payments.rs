@@ -17,8 +17,8 @@ use paystream_schemas::events::{topics, PaymentInitiated};
 use paystream_schemas::{time, Amount};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
 use sqlx::{Postgres, Transaction};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -34,24 +34,42 @@ pub const PAYMENT_KINDS: &[&str] = &["purchase", "transfer", "mobile", "utilitie
 pub const DESCRIPTION_CHARS_MAX: usize = 500;
 
 /// The request body of seed 000.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PaymentRequest {
+    /// The client's id of this payment; the same id again is the same payment (idempotency).
     payment_id: Uuid,
+    /// The wallet paid from; the caller's own.
     wallet: Uuid,
     #[serde(deserialize_with = "money::exact")]
+    #[schema(value_type = money::RequestAmount)]
     amount: Decimal,
+    #[schema(schema_with = kind_schema)]
     kind: String,
+    /// What the payment is for (no NUL characters).
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
     description: String,
+    #[schema(value_type = timestamp::Timestamp)]
     timestamp: String,
 }
 
 /// The response of seed 000: the payment and when it was accepted.
-#[derive(Serialize, Debug, Clone)]
+#[derive(Serialize, Debug, Clone, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentAccepted {
     payment_id: Uuid,
+    /// When the payment was first accepted (a replay answers the first acceptance's time).
+    #[schema(value_type = timestamp::Timestamp)]
     timestamp: String,
+}
+
+/// `kind`'s schema: the closed list [`PAYMENT_KINDS`].
+fn kind_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(PAYMENT_KINDS.iter().copied()))
+        .description(Some("What the payment is for; a closed list"))
+        .build()
 }
 
 /// A validated request.
@@ -70,6 +88,9 @@ impl PaymentRequest {
             .map_err(|e| ApiError::validation("amount", e.to_string()))?;
         if !PAYMENT_KINDS.contains(&self.kind.as_str()) {
             return Err(ApiError::validation("kind", format!("must be one of {}", PAYMENT_KINDS.join(", "))));
+        }
+        if self.description.contains('\0') {
+            return Err(ApiError::validation("description", "must not contain NUL characters"));
         }
         if self.description.chars().count() > DESCRIPTION_CHARS_MAX {
             return Err(ApiError::validation(
@@ -96,6 +117,37 @@ enum Decision {
     Replayed(PaymentAccepted),
 }
 
+/// Accepts a payment from one of the caller's wallets, exactly once per `paymentId`: the amount
+/// moves from `available` to `reserved` and a `PaymentInitiated` event leaves through the
+/// outbox, in one transaction.
+///
+/// Problems: 400 `malformed-json`; 401 `unauthorized`; 403 `forbidden` (someone else's wallet);
+/// 404 `not-found` (no such wallet); 409 `payment-id-conflict` (the id was used for another
+/// payment); 413 `payload-too-large`; 415 `unsupported-media-type`; 422 `validation` (with
+/// `field`) or `insufficient-funds`; 503 `unavailable` (retry with the same body).
+#[utoipa::path(
+    post,
+    path = "/api/v1/payment",
+    tag = "payments",
+    request_body(content = PaymentRequest, content_type = "application/json"),
+    params(
+        ("traceparent" = Option<String>, Header,
+         description = "W3C trace context; travels with the event (a new one is made if absent or invalid)"),
+    ),
+    responses(
+        (status = 200, description = "Accepted now, or earlier with the same body", body = PaymentAccepted),
+        (status = 400, response = crate::error::Problem),
+        (status = 401, response = crate::error::Problem),
+        (status = 403, response = crate::error::Problem),
+        (status = 404, response = crate::error::Problem),
+        (status = 409, response = crate::error::Problem),
+        (status = 413, response = crate::error::Problem),
+        (status = 415, response = crate::error::Problem),
+        (status = 422, response = crate::error::Problem),
+        (status = 503, response = crate::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,7 +293,7 @@ async fn previous_answer(
         return Err(ApiError::Conflict {
             slug: "payment-id-conflict",
             detail: format!("paymentId {} was already used for a different payment", payment.payment_id),
-            extra: Map::new(),
+            wallet_id: None,
         });
     }
     Ok(Some(PaymentAccepted { payment_id: payment.payment_id, timestamp: timestamp::format(accepted_at) }))

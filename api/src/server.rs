@@ -1,32 +1,49 @@
 //! The router and serving it until shutdown.
+//!
+//! Routes are registered through `utoipa_axum`'s [`OpenApiRouter`]: each handler carries its
+//! `#[utoipa::path]` documentation, and one list ([`api_routes`]) makes both the axum router and
+//! the OpenAPI document ([`crate::openapi`]), so a route cannot exist undocumented or be
+//! documented at another path.
 
 use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{accounts, callbacks, payments};
+use crate::{accounts, callbacks, openapi, payments};
 
 /// The largest request body accepted; a payment is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// Every route of the API.
+/// Every documented route, with its OpenAPI description (the fallbacks are added by [`router`]).
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(payments::create))
+        .routes(routes!(callbacks::receive))
+        .routes(routes!(accounts::create, accounts::list))
+        .routes(routes!(accounts::balance))
+        .routes(routes!(accounts::deposit))
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::serve))
+}
+
+/// Every route of the API. A path no route has answers 404 and a method a path does not have
+/// answers 405 (with `Allow`), both as problems like every other error.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/payment", post(payments::create))
-        .route("/api/v1/callback", post(callbacks::receive))
-        .route("/api/v1/accounts", post(accounts::create).get(accounts::list))
-        .route("/api/v1/accounts/{wallet_id}", get(accounts::balance))
-        .route("/api/v1/accounts/{wallet_id}/deposits", post(accounts::deposit))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    let (routes, _) = api_routes().split_for_parts();
+    routes
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
@@ -42,16 +59,41 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
-/// Ready when the wallet database answers.
-async fn health(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => (StatusCode::OK, "ok").into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("wallet database: {error}")).into_response(),
-    }
+/// Ready when the wallet database answers (a 503 problem otherwise; the database's error is
+/// logged, not shown).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The wallet database answers", body = String, content_type = "text/plain"),
+        (status = 503, response = error::Problem),
+    )
+)]
+async fn health(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    sqlx::query("SELECT 1")
+        .execute(&state.db)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("wallet database: {e}")))?;
+    Ok("ok")
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics.render()
+/// Prometheus metrics of the edge, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+         content_type = "text/plain"),
+    )
+)]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 /// Counts and times every request by its route template (not its path: ids would explode

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use paystream_api::auth::{Authenticator, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 use paystream_api::metrics::ApiMetrics;
-use paystream_api::secrets;
 use paystream_api::signature::Verifier;
+use paystream_api::{openapi, secrets};
 use paystream_api::{server, AppState};
 use paystream_schemas::EventCodec;
 use paystream_stack::{postgres, StackSettings};
@@ -39,9 +39,18 @@ pub struct Args {
     /// How long to wait for the database at start.
     #[arg(long, default_value_t = 30)]
     timeout_s: u64,
+    /// Print the OpenAPI document (what `GET /api/v1/openapi.json` serves) and exit, without
+    /// connecting to anything: `paystream api --print-openapi > api/openapi.json`.
+    #[arg(long)]
+    print_openapi: bool,
 }
 
 pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
+    if args.print_openapi {
+        use std::io::Write;
+        std::io::stdout().write_all(openapi::document_json().as_bytes()).context("writing the document")?;
+        return Ok(());
+    }
     // Secrets are checked before anything is connected: a misconfigured deployment stops here,
     // with the variable to fix named.
     let dev_mode = secrets::dev_mode_from_env()?;

@@ -231,3 +231,17 @@ pub fn records_with_key(
         }
     }
 }
+
+/// The test venv's Python (`dev/install` creates it from dev/requirements-test.txt), or
+/// `PAYSTREAM_PYTHON`: found the way `schemas/tests/python_interop.rs` finds it.
+pub fn test_python() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("PAYSTREAM_PYTHON") {
+        return path.into();
+    }
+    let cache = std::env::var("PAYSTREAM_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/paystream")
+    });
+    let python = cache.join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: run dev/install (it creates the test venv)", python.display());
+    python
+}
