@@ -457,6 +457,62 @@ fn a_redelivered_payment_issues_no_second_charge_and_the_state_survives_a_restar
     assert_eq!(results(&mut driver).len(), 1);
 }
 
+/// An operator's nudge of a stranded reservation (issue 11) sends the payment's PaymentInitiated
+/// again. After the result, the saga forwards that very result again — same id, status, reason,
+/// decision time — so settlement applies it if it was lost and ignores it if not; no second
+/// charge, timer or request, and no new result is counted. Before the result it changes nothing.
+#[test]
+fn a_repeated_payment_initiated_re_forwards_a_terminal_payments_one_result_and_nothing_else() {
+    let (mut driver, metrics) = saga();
+    let (completed, timed_out, in_flight) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    pipe(&mut driver, completed, initiated(completed, Uuid::new_v4()));
+    pipe(&mut driver, completed, outcome(completed, DispatchResult::Accepted));
+    pipe(&mut driver, completed, callback(completed, ProviderStatus::Succeeded));
+    pipe(&mut driver, timed_out, initiated(timed_out, Uuid::new_v4()));
+    pipe(&mut driver, timed_out, fired(timed_out, TimerKind::PaymentTimeout));
+    let query = one_request(&mut driver);
+    pipe(&mut driver, timed_out, answer(&query, DispatchResult::NotCharged));
+    let void = one_request(&mut driver);
+    pipe(&mut driver, timed_out, answer(&void, DispatchResult::Voided));
+    pipe(&mut driver, in_flight, initiated(in_flight, Uuid::new_v4()));
+    let published = results(&mut driver);
+    assert_eq!(
+        published.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(),
+        vec![(completed, PaymentResultStatus::Completed), (timed_out, PaymentResultStatus::FailedTimeout)]
+    );
+    // Reads (and so drains) every side output; true if there was none.
+    let silent = |driver: &mut TopologyTestDriver<Uuid, SagaEvent>| {
+        let outputs = driver.read_all(topics::PAYMENTS_PROVIDER_COMMANDS).len()
+            + scheduled(driver).len()
+            + requests(driver).len()
+            + reconciliations(driver).len();
+        outputs == 0
+    };
+    assert!(!silent(&mut driver), "the set-up issued commands and timers");
+
+    // Later, so a result made afresh would carry another decision time.
+    driver.advance_wall_clock(Duration::from_secs(600)).unwrap();
+    for id in [completed, timed_out, in_flight] {
+        pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
+    }
+    assert_eq!(
+        results(&mut driver),
+        published,
+        "the same two results, unchanged; none for the one in flight"
+    );
+    assert!(silent(&mut driver), "no second charge, timer or request");
+    assert_eq!(metrics.signals.with_label_values(&["initiated", "reforwarded"]).get(), 2);
+    assert_eq!(metrics.signals.with_label_values(&["initiated", "duplicate"]).get(), 1, "in flight");
+    assert_eq!(metrics.results.with_label_values(&["COMPLETED"]).get(), 1, "not a new result");
+    assert_eq!(metrics.results.with_label_values(&["FAILED_TIMEOUT"]).get(), 1, "not a new result");
+
+    // What is re-forwarded is kept in the store, so it survives a restart.
+    driver.restart_from_changelogs().unwrap();
+    pipe(&mut driver, completed, initiated(completed, Uuid::new_v4()));
+    assert_eq!(results(&mut driver), published[..1]);
+    assert!(silent(&mut driver));
+}
+
 #[test]
 fn poison_inputs_are_dead_lettered() {
     let (mut driver, _) = saga();

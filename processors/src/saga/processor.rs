@@ -328,6 +328,11 @@ struct Stored {
     uncertainty: Option<String>,
     /// The result published, once there is one.
     published: Option<String>,
+    /// The published result's reason and decision time, so that a repeated PaymentInitiated
+    /// re-forwards the very same record ([`Saga::reforward`]). `None` in entries written
+    /// before they were kept.
+    published_reason: Option<String>,
+    published_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -446,6 +451,10 @@ impl Saga {
                 tracing::info!(payment_id = %id, signal = signal.label(), ?decision, "signal changes nothing");
                 return Ok(decision);
             }
+            Decision::Reforward(_) => {
+                self.reforward(ctx, id, &state, ts)?;
+                return Ok(decision);
+            }
             Decision::KeepForLater => {
                 state.early_callback = Some(EarlyCallback {
                     succeeded: signal == Signal::ProviderSucceeded,
@@ -532,7 +541,41 @@ impl Saga {
             decided_at: Self::now(ctx),
         };
         state.published = Some(status.symbol().to_owned());
+        state.published_reason = Some(result.reason.clone());
+        state.published_at_ms = Some(result.decided_at.timestamp_millis());
         self.metrics.results.with_label_values(&[status.symbol()]).inc();
+        ctx.forward_to("results", Record::new(id, SagaEvent::Result(result), ts))
+    }
+
+    /// Forwards the payment's one result again, as it was published (same id, status, reason
+    /// and decision time): its PaymentInitiated came again, e.g. an operator's nudge of a
+    /// reservation whose result settlement never applied. Where it was applied, settlement
+    /// finds the id on the row and changes nothing. Not counted as a new result.
+    fn reforward(&self, ctx: &mut Ctx<'_>, id: Uuid, state: &Stored, ts: i64) -> Result<(), ProcessError> {
+        let status = PaymentResultStatus::from_symbol(state.published.as_deref().unwrap_or_default());
+        let Some(payment) = state.payment.as_ref().filter(|_| status != PaymentResultStatus::Unknown) else {
+            return Err(fatal(format!(
+                "payment {id} has a result state but no published result to re-forward"
+            )));
+        };
+        let decided_at = state
+            .published_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or_else(|| Self::now(ctx));
+        let reason = state.published_reason.clone().unwrap_or_else(|| {
+            "re-forwarded on a repeated PaymentInitiated (the original reason predates its keeping)"
+                .to_owned()
+        });
+        let result = PaymentResult {
+            payment_result_id: PaymentResult::id_for(id, status),
+            payment_id: id,
+            wallet_id: payment.wallet_id,
+            amount: Amount::from_minor(payment.amount_minor).map_err(fatal)?,
+            status,
+            reason,
+            decided_at,
+        };
+        tracing::info!(payment_id = %id, status = status.symbol(), payment_result_id = %result.payment_result_id, "payment initiated again after its result: the result is forwarded again");
         ctx.forward_to("results", Record::new(id, SagaEvent::Result(result), ts))
     }
 

@@ -39,7 +39,11 @@
 //!
 //! A state that has its result absorbs what comes after it: a late or duplicate signal is
 //! reported as [`Decision::Absorbed`] (for a metric and a log line) and never changes the
-//! outcome — except a provider success after a failure, which is compensated, never only logged.
+//! outcome — except a provider success after a failure, which is compensated, never only logged,
+//! and the payment's `PaymentInitiated` again ([`Decision::Reforward`]): an operator nudging a
+//! stranded reservation (`paystream reservations nudge`) sends it when the result may never have
+//! been applied, so the one result is forwarded again, the same record with the same id —
+//! settlement's dedup makes that a no-op where it was applied, and applies it where it was lost.
 //! A signal that makes no sense in the current state is [`Decision::Illegal`]: also reported,
 //! never a panic.
 
@@ -249,6 +253,10 @@ pub enum Decision {
     Reissue,
     /// The payment's result is published and the signal changes nothing. Counted, never applied.
     Absorbed(PaymentStatus),
+    /// The payment's result is published and its PaymentInitiated came again (a nudge of a
+    /// stranded reservation, or a replay): forward the same result again. Not a second result:
+    /// the same record, with the same id, which settlement applies at most once.
+    Reforward(PaymentStatus),
     /// The signal makes no sense here (e.g. a dispatch outcome for an unknown payment).
     Illegal,
 }
@@ -264,6 +272,7 @@ impl Decision {
             Decision::RetryLater => "retry_later",
             Decision::Reissue => "reissue",
             Decision::Absorbed(_) => "absorbed",
+            Decision::Reforward(_) => "reforwarded",
             Decision::Illegal => "illegal",
         }
     }
@@ -282,7 +291,9 @@ pub fn next(current: Option<PaymentStatus>, signal: Signal) -> Decision {
         };
     };
     match (state, signal) {
-        // A refunded late charge, and a completed payment, absorb everything.
+        // The payment again, after its result: the result may never have been applied.
+        (s, Initiated) if s.has_result() => Reforward(s),
+        // A refunded late charge, and a completed payment, absorb everything else.
         (Completed | Reconciled, _) => Absorbed(state),
         // The provider charged after the payment had failed: compensate.
         (Failed | FailedTimeout, ProviderSucceeded | Charged) => Transition(Refunding),
@@ -339,6 +350,8 @@ pub struct Effects {
     pub retry_later: bool,
     /// Publish a reconciliation event (the provider charged a failed payment).
     pub reconcile: bool,
+    /// Forward the result already published again, unchanged (same id).
+    pub reforward: bool,
 }
 
 /// The effects of `decision`, taken in `current`. Pure, so the property test drives exactly
@@ -351,11 +364,13 @@ pub fn effects(current: Option<PaymentStatus>, decision: Decision) -> Effects {
             request: to.outstanding_request(),
             retry_later: false,
             reconcile: to == PaymentStatus::Refunding,
+            reforward: false,
         },
         Decision::RetryLater => Effects { retry_later: true, ..Effects::default() },
         Decision::Reissue => {
             Effects { request: current.and_then(PaymentStatus::outstanding_request), ..Effects::default() }
         }
+        Decision::Reforward(_) => Effects { reforward: true, ..Effects::default() },
         Decision::KeepForLater
         | Decision::Duplicate
         | Decision::Superseded
@@ -441,12 +456,33 @@ mod tests {
     }
 
     #[test]
-    fn completed_and_reconciled_absorb_everything() {
+    fn completed_and_reconciled_absorb_everything_but_the_payment_itself() {
         for state in [Completed, Reconciled] {
-            for signal in Signal::ALL {
+            for signal in Signal::ALL.into_iter().filter(|s| *s != Initiated) {
                 assert_eq!(next(Some(state), signal), Absorbed(state), "{state:?} + {signal:?}");
             }
         }
+    }
+
+    /// A nudge of a stranded reservation: the payment's PaymentInitiated again. With a result,
+    /// the result is forwarded again (and nothing else happens); without one, it is a duplicate.
+    #[test]
+    fn a_repeated_payment_re_forwards_a_result_and_is_a_duplicate_without_one() {
+        for state in STATES.into_iter().flatten() {
+            let decision = next(Some(state), Initiated);
+            if state.has_result() {
+                assert_eq!(decision, Reforward(state), "{state:?}");
+                assert_eq!(
+                    effects(Some(state), decision),
+                    Effects { reforward: true, ..Effects::default() },
+                    "{state:?}: no charge, no request, no new result"
+                );
+            } else {
+                assert_eq!(decision, Duplicate, "{state:?}");
+                assert_eq!(effects(Some(state), decision), Effects::default(), "{state:?}");
+            }
+        }
+        assert_eq!(Reforward(Completed).label(), "reforwarded");
     }
 
     #[test]
@@ -496,6 +532,9 @@ mod tests {
                 let effects = effects(state, decision);
                 if effects.result.is_some() {
                     assert!(!state.is_some_and(PaymentStatus::has_result), "{state:?} + {signal:?}");
+                }
+                if effects.reforward {
+                    assert!(state.is_some_and(PaymentStatus::has_result), "{state:?} + {signal:?}");
                 }
                 let state = match decision {
                     Transition(to) => Some(to),
