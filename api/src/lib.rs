@@ -17,6 +17,8 @@
 //! - [`timestamp`]: the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` timestamps.
 //! - [`accounts`]: create a wallet, deposit (idempotent on `Idempotency-Key`), read balances.
 //! - [`payments`]: accept a payment: idempotency, ownership, balance, reserve, outbox.
+//! - [`outbox`]: the one writer of `PaymentInitiated` into the outbox (the API, and the nudge of a
+//!   stranded reservation).
 //! - [`callbacks`]: the provider's signed callback: verify, deduplicate on the signed event id,
 //!   forward only a payment's first verdict.
 //! - [`signature`]: Stripe-style HMAC signatures of callbacks.
@@ -31,6 +33,7 @@ pub mod extract;
 pub mod metrics;
 pub mod money;
 pub mod openapi;
+pub mod outbox;
 pub mod payments;
 pub mod secrets;
 pub mod server;

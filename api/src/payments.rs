@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use paystream_schemas::events::{topics, PaymentInitiated};
+use paystream_schemas::events::PaymentInitiated;
 use paystream_schemas::{time, Amount};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::outbox::{self, OutboxEvent};
 use crate::state::AppState;
 use crate::{money, timestamp};
 
@@ -197,8 +198,9 @@ async fn accept(
         requested_at: payment.requested_at,
         initiated_at: accepted_at,
     };
-    let payload = state.codec.encode(&event).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let traceparent = traceparent(headers);
+    let outbox = OutboxEvent::payment_initiated(&state.codec, &event, traceparent(headers))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
 
     // A concurrent request with the same paymentId can commit between our idempotency
     // check and our insert; then the insert does nothing and the second pass replays.
@@ -243,20 +245,7 @@ async fn accept(
         .bind(payment.amount.to_decimal())
         .execute(&mut *tx)
         .await?;
-        // The outbox row is deleted in the transaction that wrote it: the WAL still carries
-        // the insert to Debezium, and the table stays empty.
-        sqlx::query(
-            "INSERT INTO wallet_outbox (id, aggregatetype, aggregateid, type, payload, traceparent)
-             VALUES ($1, $2, $3, 'PaymentInitiated', $4, $5)",
-        )
-        .bind(event.event_id)
-        .bind(topics::PAYMENTS_INITIATED)
-        .bind(payment.payment_id.to_string())
-        .bind(&payload)
-        .bind(&traceparent)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM wallet_outbox WHERE id = $1").bind(event.event_id).execute(&mut *tx).await?;
+        outbox.write(&mut tx).await?;
         tx.commit().await?;
         tracing::info!(payment_id = %payment.payment_id, wallet_id = %payment.wallet_id, amount = %payment.amount, "payment accepted");
         return Ok(Decision::Accepted(PaymentAccepted {
@@ -305,11 +294,7 @@ fn traceparent(headers: &HeaderMap) -> String {
     let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
     match incoming {
         Some(value) if is_valid_traceparent(value) => value.to_owned(),
-        _ => {
-            let trace_id = Uuid::new_v4().simple().to_string();
-            let span_id = &Uuid::new_v4().simple().to_string()[..16];
-            format!("00-{trace_id}-{span_id}-01")
-        }
+        _ => outbox::new_traceparent(),
     }
 }
 
