@@ -37,6 +37,22 @@ const QUIESCE_TIMEOUT: Duration = Duration::from_secs(600);
 /// The processes a fault may kill or pause (the API and the provider stay up: the load's
 /// client and the provider's ledger are the outside world).
 const VICTIMS: [&str; 4] = ["saga", "timers", "dispatch", "settle"];
+/// Payments of the run in the wallet database when the load's own payments have begun (its
+/// warm-up payment, then the first measured one).
+const LOAD_STARTED_PAYMENTS: i64 = 2;
+/// How long the load may take to create its users and settle its warm-up payment.
+const LOAD_START_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Payments accepted into wallets created since `since`.
+async fn payments_since(db: &sqlx::PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM wallet_transactions t JOIN wallets w USING (wallet_id) WHERE w.created_at >= $1",
+    )
+    .bind(since)
+    .fetch_one(db)
+    .await?)
+}
+
 /// Users (each with a wallet) the chaos run's load pays from.
 const LOAD_USERS: u32 = 20;
 /// The stack's parts that are restarted (`dev/fault restart`).
@@ -225,6 +241,19 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         .spawn()
         .context("starting paystream load")?;
     let mut tally = Tally::default();
+    // The fault clock starts when the load's payments do (after its users and its warm-up).
+    let db = paystream_stack::postgres::connect(&settings.wallet_db_url, Duration::from_secs(60)).await?;
+    let waiting = Instant::now();
+    while payments_since(&db, since).await? < LOAD_STARTED_PAYMENTS {
+        if waiting.elapsed() > LOAD_START_TIMEOUT {
+            bail!("the load sent no payment within {LOAD_START_TIMEOUT:?}; see its output above");
+        }
+        if let Some(status) = load.try_wait()? {
+            bail!("the load ended before its payments began: {status}");
+        }
+        wait_supervising(&mut fleet, SUPERVISE_INTERVAL, &[], started, &mut tally).await?;
+    }
+    let started = Instant::now();
     for (at, fault) in &faults {
         wait_supervising(&mut fleet, at.saturating_sub(started.elapsed()), &[], started, &mut tally).await?;
         inject(fault, &mut fleet, &args.dev_dir, started, &mut tally).await?;
@@ -237,7 +266,6 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     };
 
     // Quiescence: every payment of the run settled.
-    let db = paystream_stack::postgres::connect(&settings.wallet_db_url, Duration::from_secs(60)).await?;
     let quiet_started = Instant::now();
     loop {
         let pending: i64 = sqlx::query_scalar(

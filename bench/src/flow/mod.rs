@@ -343,7 +343,17 @@ async fn measure(
     observer.phase(Phase::Settling, Some(accepted_by_client));
     let deadline = load_ended + plan.settle_timeout;
     let (rows_total, settled_total) = loop {
-        let (rows, settled) = counts(db, &wallet_ids).await.context("counting settled payments")?;
+        // The database may be restarting (the chaos run restarts it): a failed count is "not yet",
+        // bounded by the deadline like any other.
+        let (rows, settled) = match counts(db, &wallet_ids).await {
+            Ok(counts) => counts,
+            Err(error) if Instant::now() < deadline => {
+                observer.note(&format!("counting settled payments failed ({error}); trying again"));
+                tokio::time::sleep(SETTLE_POLL_INTERVAL).await;
+                continue;
+            }
+            Err(error) => return Err(error).context("counting settled payments"),
+        };
         observer.progress(settled, &format!("settled {settled} of {rows} accepted"));
         if (settled >= rows && rows >= accepted_by_client) || Instant::now() >= deadline {
             break (rows, settled);
@@ -485,7 +495,15 @@ async fn warm_up(
     }
     let started = Instant::now();
     loop {
-        let (_, settled) = counts(db, &[user.wallet_id]).await.context("counting the warm-up payment")?;
+        let (_, settled) = match counts(db, &[user.wallet_id]).await {
+            Ok(counts) => counts,
+            Err(error) if started.elapsed() < WARM_UP_TIMEOUT => {
+                observer.note(&format!("counting the warm-up payment failed ({error}); trying again"));
+                tokio::time::sleep(SETTLE_POLL_INTERVAL).await;
+                continue;
+            }
+            Err(error) => return Err(error).context("counting the warm-up payment"),
+        };
         if settled > 0 {
             observer.progress(1, &format!("settled after {:.1} s", started.elapsed().as_secs_f64()));
             return Ok(());

@@ -367,6 +367,15 @@ async fn consume<H: Handler, S: Future<Output = ()>>(
         };
         let record = match received {
             Ok(record) => record,
+            Err(error) if is_connection_state(&error) => {
+                // librdkafka reconnects by itself and queues one such error per change of a
+                // broker connection; while the broker restarts they pile up. They say nothing
+                // about a record, so they spend no retry budget: counting them once exhausted
+                // the budget minutes after the broker was back.
+                shared.metrics.record_retry("consume");
+                tracing::warn!(processor = shared.config.processor, %error, "broker connection lost; librdkafka reconnects");
+                continue;
+            }
             Err(error) => {
                 let Some(delay) = receive_backoff.next_delay() else {
                     return Err(ConsumerError::Kafka(error));
@@ -420,6 +429,24 @@ async fn consume<H: Handler, S: Future<Output = ()>>(
             }
         }
     }
+}
+
+/// Whether a consumer error only reports the state of a broker connection (the broker restarting,
+/// a network blip), which librdkafka recovers from on its own.
+fn is_connection_state(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::NetworkException
+        ) | KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+        )
+    )
 }
 
 /// Waits for every worker; the first error wins.
@@ -717,6 +744,20 @@ fn exhausted<E: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broker_away_is_a_connection_state_and_a_bad_record_is_not() {
+        assert!(is_connection_state(&KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)));
+        assert!(is_connection_state(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_connection_state(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+        assert!(!is_connection_state(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::GroupAuthorizationFailed
+        )));
+    }
 
     fn config() -> ConsumerConfig {
         ConsumerConfig {
