@@ -30,6 +30,8 @@ pub const PAYMENT_INITIATED_TYPE: &str = "PaymentInitiated";
 pub struct OutboxEvent {
     /// The outbox row's id: the Kafka header `id`, by which consumers deduplicate.
     pub event_id: Uuid,
+    /// The topic the router sends it to (`aggregatetype`): `payments.initiated`.
+    pub topic: String,
     /// The Kafka record key (the paymentId): one partition per payment, in order.
     pub payment_id: Uuid,
     /// The event in the Confluent Avro wire format, passed through by Debezium byte for byte.
@@ -47,6 +49,7 @@ impl OutboxEvent {
     ) -> Result<Self, EncodeError> {
         Ok(Self {
             event_id: event.event_id,
+            topic: topics::PAYMENTS_INITIATED.to_owned(),
             payment_id: event.payment_id,
             payload: codec.encode(event).await?,
             traceparent,
@@ -60,7 +63,7 @@ impl OutboxEvent {
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(self.event_id)
-        .bind(topics::PAYMENTS_INITIATED)
+        .bind(&self.topic)
         .bind(self.payment_id.to_string())
         .bind(PAYMENT_INITIATED_TYPE)
         .bind(&self.payload)
@@ -86,7 +89,9 @@ pub enum NudgeError {
     #[error("no payment {0} was accepted")]
     UnknownPayment(Uuid),
     /// The payment is settled: its result was applied, nothing is stranded.
-    #[error("payment {payment_id} is {status}, not PENDING: its result is applied, there is nothing to resolve")]
+    #[error(
+        "payment {payment_id} is {status}, not PENDING: its result is applied, there is nothing to resolve"
+    )]
     NotPending { payment_id: Uuid, status: String },
     /// The row holds an amount the contract cannot carry (a broken row; nothing was written).
     #[error("payment {payment_id}: amount {amount}: {source}")]
@@ -116,10 +121,14 @@ pub enum NudgeError {
 /// (same id), which settlement applies once. So the reservation is resolved by the saga and
 /// settlement, never by an edit of balances here. Refused unless the row is PENDING, checked
 /// again in the transaction that writes the event.
+///
+/// `topic` is where the router sends it: [`topics::PAYMENTS_INITIATED`], or the input of a saga
+/// of its own on a shared cluster (a test's, as `SagaTopics::prefixed` makes them).
 pub async fn republish_payment_initiated(
     db: &PgPool,
     codec: &EventCodec,
     payment_id: Uuid,
+    topic: &str,
 ) -> Result<PaymentInitiated, NudgeError> {
     type Row = (Uuid, Decimal, String, String, DateTime<Utc>, DateTime<Utc>, String, String);
     let row: Option<Row> = sqlx::query_as(
@@ -131,7 +140,8 @@ pub async fn republish_payment_initiated(
     .bind(payment_id)
     .fetch_optional(db)
     .await?;
-    let Some((wallet_id, amount, kind, description, requested_at, accepted_at, status, currency)) = row else {
+    let Some((wallet_id, amount, kind, description, requested_at, accepted_at, status, currency)) = row
+    else {
         return Err(NudgeError::UnknownPayment(payment_id));
     };
     if status != "PENDING" {
@@ -152,7 +162,8 @@ pub async fn republish_payment_initiated(
         requested_at,
         initiated_at: accepted_at,
     };
-    let outbox = OutboxEvent::payment_initiated(codec, &event, new_traceparent()).await?;
+    let mut outbox = OutboxEvent::payment_initiated(codec, &event, new_traceparent()).await?;
+    outbox.topic = topic.to_owned();
 
     let mut tx = db.begin().await?;
     // FOR SHARE: settlement's FOR UPDATE waits for this commit, so the row cannot settle

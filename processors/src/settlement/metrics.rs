@@ -12,10 +12,11 @@ use paystream_schemas::events::PaymentResultStatus;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::apply::Rejection;
+use super::stranded::{self, StrandedGauges};
 use crate::consumer::{ConsumerMetrics, Labels};
 
 /// Operations settlement retries besides the loop's own, the `operation` label.
-pub const OPERATIONS: &[&str] = &["apply"];
+pub const OPERATIONS: &[&str] = &["apply", stranded::SCAN_OPERATION];
 
 /// The counters of one settlement consumer.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct SettlementMetrics {
     /// The loop's counters; `paystream_settlement_dead_lettered_total{reason}` is the alert
     /// on records set aside (every [`Rejection::KINDS`] and decode reason).
     consumer: ConsumerMetrics,
+    /// Stranded reservations, kept current by [`stranded::watch`] next to the loop.
+    stranded: StrandedGauges,
 }
 
 impl SettlementMetrics {
@@ -50,6 +53,7 @@ impl SettlementMetrics {
                 "Results already applied, delivered again; nothing changed.",
             )?,
             consumer,
+            stranded: StrandedGauges::register(registry)?,
         };
         registry.register(Box::new(metrics.applied.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
@@ -64,6 +68,11 @@ impl SettlementMetrics {
     /// The loop's counters.
     pub fn consumer(&self) -> &ConsumerMetrics {
         &self.consumer
+    }
+
+    /// The gauges of stranded reservations.
+    pub fn stranded(&self) -> &StrandedGauges {
+        &self.stranded
     }
 
     pub(crate) fn record_applied(&self, status: PaymentResultStatus) {
@@ -118,6 +127,8 @@ mod tests {
             Rejection::KINDS.len() + DECODE_REASONS.len()
         );
         assert!(series("paystream_settlement_records_total") == 1);
+        assert_eq!(series("paystream_wallet_stranded_reservations"), 1);
+        assert_eq!(series("paystream_wallet_stranded_reservations_oldest_age_seconds"), 1);
         metrics.record_applied(PaymentResultStatus::Failed);
         metrics.record_duplicate();
         assert_eq!(metrics.applied_total(PaymentResultStatus::Failed), 1);

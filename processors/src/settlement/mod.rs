@@ -16,6 +16,10 @@
 //!
 //! [`apply`]'s module doc has the table of which failure is which.
 //!
+//! Next to the loop, [`stranded::watch`] keeps the gauges of stranded reservations current
+//! (PENDING rows past the payment timeout, the verification and a slack: their event or their
+//! result was lost); it runs as long as the loop and stops with it.
+//!
 //! Delivery is at least once and the effect exactly once: a record redelivered after a
 //! crash, a rebalance or a replay by another group finds its PaymentResultId on the row
 //! and changes nothing. Each partition's results are applied in order, partitions
@@ -25,6 +29,7 @@
 
 pub mod apply;
 pub mod metrics;
+pub mod stranded;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +79,8 @@ pub struct SettlementConfig {
     pub retry: RetryPolicy,
     /// Where the counters go; registered by the caller.
     pub metrics: SettlementMetrics,
+    /// The scan for stranded reservations (threshold, interval).
+    pub stranded: stranded::StrandedConfig,
 }
 
 impl SettlementConfig {
@@ -90,6 +97,7 @@ impl SettlementConfig {
             startup_timeout: Duration::from_millis(STARTUP_TIMEOUT_MS),
             retry: RetryPolicy::default(),
             metrics,
+            stranded: stranded::StrandedConfig::default(),
         }
     }
 
@@ -192,9 +200,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SettlementError> {
     let pool = postgres::connect(&config.wallet_db_url, config.startup_timeout).await?;
+    // The scan stops when the loop returns, for a shutdown or an error: a dropped sender
+    // completes its stop future.
+    let (stop_scan, scan_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scan = tokio::spawn(stranded::watch(pool.clone(), config.stranded, config.metrics.clone(), async {
+        let _ = scan_stopped.await;
+    }));
     let handler = Arc::new(Settle { pool: pool.clone(), metrics: config.metrics.clone() });
     let consumed =
         consumer::run(config.consumer(), handler, config.metrics.consumer().clone(), shutdown).await;
+    drop(stop_scan);
+    if let Err(error) = scan.await {
+        tracing::error!(%error, "the scan for stranded reservations panicked");
+    }
     pool.close().await;
     consumed.map_err(SettlementError::from)
 }
