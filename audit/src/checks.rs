@@ -364,8 +364,13 @@ fn check_results(snapshot: &Snapshot, findings: &mut Findings) {
             }
             continue;
         }
-        findings.results += 1;
-        by_payment.entry(r.payment_id).or_default().push(r);
+        // The saga forwards a result again, unchanged, when its payment is nudged (issue 11's
+        // `paystream reservations nudge`): a copy of a result is that result, applied once.
+        let seen = by_payment.entry(r.payment_id).or_default();
+        if !seen.contains(&r) {
+            findings.results += 1;
+            seen.push(r);
+        }
     }
     for payment in &snapshot.payments {
         let results = by_payment.get(&payment.payment_id).map(Vec::as_slice).unwrap_or_default();
@@ -610,6 +615,16 @@ mod tests {
         let mut s = settled_world();
         let second = result(&s.payments[0], PaymentResultStatus::Failed);
         s.results.push(second);
+        assert_eq!(rules_broken(&s), vec!["exactly one result"]);
+
+        // A re-forwarded copy (a nudge) is the same result; a copy that differs is a second one.
+        let mut s = settled_world();
+        let mut copy = s.results[0].clone();
+        copy.position.1 += 100;
+        s.results.push(copy.clone());
+        assert!(rules_broken(&s).is_empty(), "{:?}", check(&s, &Rules::default()).violations);
+        copy.result.reason = "another reason".into();
+        s.results.push(copy);
         assert_eq!(rules_broken(&s), vec!["exactly one result"]);
 
         let mut s = settled_world();

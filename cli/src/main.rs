@@ -12,6 +12,7 @@ mod load;
 mod metrics_server;
 mod migrate;
 mod provider_sim;
+mod reservations;
 mod saga;
 mod schemas;
 mod settle;
@@ -52,6 +53,9 @@ enum Command {
     Audit(audit::Args),
     /// A load through the whole flow while processes and the stack are broken on purpose, then the audit.
     Chaos(chaos::Args),
+    /// Stranded reservations: list them (`stranded`), resolve them through the saga (`nudge`).
+    #[command(subcommand)]
+    Reservations(reservations::Command),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
     /// Benchmark: payments at a rate through the running pipeline, each followed to settlement.
@@ -83,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Timers(args) => saga::run_timers(&settings, args).await,
         Command::Dispatch(args) => dispatch::run(&settings, args).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
+        Command::Reservations(command) => reservations::run(&settings, command).await,
         Command::Token(args) => token::run(args),
         Command::Load(args) => load::run(&settings, args).await,
         Command::Audit(args) => audit::run(&settings, args).await,

@@ -45,6 +45,10 @@ const STRANDED_AGE_S: i64 = 600;
 const SAGA_PAYMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the test waits for settlement to process its records, or to stop.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name of the tests' users, by which [`settle_leftovers`] finds their rows.
+const TEST_USER: &str = "stranded test";
+/// A row of these tests inserted longer ago than this belongs to no running test.
+const LEFTOVER_AFTER_S: i64 = 600;
 /// The pause between two looks at a condition being awaited.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -63,10 +67,12 @@ struct Seeded {
 /// `age_s` seconds ago, each reserved and PENDING, as the API's transaction leaves them — but
 /// with no outbox row: their `PaymentInitiated` is lost.
 async fn seed(db: &PgPool, deposit: &str, payments: &[(&str, i64)]) -> (Uuid, Vec<Seeded>) {
+    settle_leftovers(db).await;
     let (user_id, wallet_id) = (Uuid::new_v4(), Uuid::new_v4());
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (user_id, name, phone) VALUES ($1, 'stranded test', '+70000000000')")
+    sqlx::query("INSERT INTO users (user_id, name, phone) VALUES ($1, $2, '+70000000000')")
         .bind(user_id)
+        .bind(TEST_USER)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -111,6 +117,43 @@ async fn seed(db: &PgPool, deposit: &str, payments: &[(&str, i64)]) -> (Uuid, Ve
     }
     tx.commit().await.unwrap();
     (wallet_id, seeded)
+}
+
+/// Settles, through settlement's own transaction, what an earlier run of these tests left PENDING
+/// when it failed half-way (rows inserted more than [`LEFTOVER_AFTER_S`] ago: no running test's),
+/// so that failed runs do not accumulate stranded reservations in the shared database. Their
+/// events only ever went to the failed run's own topics.
+async fn settle_leftovers(db: &PgPool) {
+    type Row = (Uuid, Uuid, Decimal);
+    let leftovers: Vec<Row> = sqlx::query_as(
+        "SELECT t.payment_id, t.wallet_id, t.amount
+         FROM wallet_transactions t JOIN wallets w ON w.wallet_id = t.wallet_id
+              JOIN users u ON u.user_id = w.user_id
+         WHERE u.name = $1 AND t.status = 'PENDING' AND t.created_at < now() - $2 * interval '1 second'",
+    )
+    .bind(TEST_USER)
+    .bind(LEFTOVER_AFTER_S)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for (payment_id, wallet_id, amount) in leftovers {
+        let payment = Seeded { payment_id, amount: Amount::try_from_decimal(amount).unwrap() };
+        let result = failed_timeout(wallet_id, &payment);
+        // Another test's janitor may have settled it first: a duplicate then.
+        apply::apply(db, &result).await.unwrap();
+    }
+}
+
+fn failed_timeout(wallet_id: Uuid, payment: &Seeded) -> PaymentResult {
+    PaymentResult {
+        payment_result_id: PaymentResult::id_for(payment.payment_id, PaymentResultStatus::FailedTimeout),
+        payment_id: payment.payment_id,
+        wallet_id,
+        amount: payment.amount,
+        status: PaymentResultStatus::FailedTimeout,
+        reason: "left pending by a failed run of the stranded tests".into(),
+        decided_at: time::now(),
+    }
 }
 
 /// The `PaymentInitiated` the API wrote (or would have written) for a seeded row, read back.
