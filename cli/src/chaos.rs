@@ -43,13 +43,22 @@ const LOAD_STARTED_PAYMENTS: i64 = 2;
 /// How long the load may take to create its users and settle its warm-up payment.
 const LOAD_START_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// Payments accepted into wallets created since `since`.
+/// Payments accepted into the load's wallets created since `since`.
 async fn payments_since(db: &sqlx::PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM wallet_transactions WHERE wallet_id = ANY($1)")
+        .bind(load_wallets(db, since).await?)
+        .fetch_one(db)
+        .await?)
+}
+
+/// The wallets `paystream load` made for this run (created since `since`, owned by its users).
+async fn load_wallets(db: &sqlx::PgPool, since: chrono::DateTime<Utc>) -> anyhow::Result<Vec<uuid::Uuid>> {
     Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM wallet_transactions t JOIN wallets w USING (wallet_id) WHERE w.created_at >= $1",
+        "SELECT w.wallet_id FROM wallets w JOIN users u USING (user_id) WHERE w.created_at >= $1 AND u.name LIKE $2",
     )
     .bind(since)
-    .fetch_one(db)
+    .bind(format!("{}%", paystream_bench::flow::accounts::USER_NAME_PREFIX))
+    .fetch_all(db)
     .await?)
 }
 
@@ -265,14 +274,15 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         wait_supervising(&mut fleet, SUPERVISE_INTERVAL, &[], started, &mut tally).await?;
     };
 
-    // Quiescence: every payment of the run settled.
+    // Quiescence: every payment of the run settled. The run's wallets are its load's, named so
+    // by `paystream load`, so a test's wallets made meanwhile are not the run's business.
+    let wallets = load_wallets(&db, since).await?;
     let quiet_started = Instant::now();
     loop {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM wallet_transactions t JOIN wallets w USING (wallet_id)
-              WHERE w.created_at >= $1 AND t.status = 'PENDING'",
+            "SELECT count(*) FROM wallet_transactions WHERE wallet_id = ANY($1) AND status = 'PENDING'",
         )
-        .bind(since)
+        .bind(&wallets)
         .fetch_one(&db)
         .await?;
         if pending == 0 {
@@ -285,13 +295,8 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         wait_supervising(&mut fleet, Duration::from_secs(1), &[], started, &mut tally).await?;
     }
     let sources = Sources::new(settings, Some("http://127.0.0.1:8090".into()));
-    let findings = paystream_audit::audit(
-        &db,
-        &sources,
-        &Scope { wallets: None, since: Some(since) },
-        &Rules::default(),
-    )
-    .await?;
+    let scope = Scope { wallets: Some(wallets), since: None };
+    let findings = paystream_audit::audit(&db, &sources, &scope, &Rules::default()).await?;
     fleet.stop().await;
 
     println!("\n| at (s) | fault |\n|---:|---|");
