@@ -4,6 +4,11 @@
 //! commits after every input record (as Kafka Streams' driver does). Outputs, dead letters and
 //! changelog records land in in-memory topics the test reads back. The wall clock is the
 //! driver's own and moves only when the test says so.
+//!
+//! A retriable error (a dependency away, [`crate::processor::Retriable`]) is returned to the test
+//! as `Err(TaskError::Retriable { .. })`, never as a dead letter: the driver drops the step's work
+//! and revives the processors as the runtime's abort does, and does not count the record as
+//! consumed, so piping it again is the runtime's retry of the same record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,15 +119,36 @@ impl<K: Clone + 'static, V: Clone + 'static> TopologyTestDriver<K, V> {
             headers,
         };
         *offset += 1;
-        let outcome = self.task.process(&raw, self.wall_clock_ms)?;
+        let outcome = match self.task.process(&raw, self.wall_clock_ms) {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_retriable() => {
+                // Not consumed: the retry is the same record at the same offset.
+                self.offsets.insert(topic.to_string(), raw.offset);
+                return Err(self.abort(error));
+            }
+            Err(error) => return Err(error),
+        };
         self.commit()?;
         Ok(outcome)
+    }
+
+    /// A retriable error: drop the step's uncommitted work and revive the processors, as the
+    /// runtime's abort does, and hand the error (or a failure of the revival) to the test.
+    fn abort(&mut self, error: TaskError) -> TaskError {
+        match self.task.aborted(self.wall_clock_ms) {
+            Ok(()) => error,
+            Err(revival) => revival,
+        }
     }
 
     /// Moves the wall clock forward and fires due wall-clock punctuations; returns how many fired.
     pub fn advance_wall_clock(&mut self, by: Duration) -> Result<usize, TaskError> {
         self.wall_clock_ms += i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        let fired = self.task.punctuate(PunctuationType::WallClock, self.wall_clock_ms)?;
+        let fired = match self.task.punctuate(PunctuationType::WallClock, self.wall_clock_ms) {
+            Ok(fired) => fired,
+            Err(error) if error.is_retriable() => return Err(self.abort(error)),
+            Err(error) => return Err(error),
+        };
         self.commit()?;
         Ok(fired)
     }

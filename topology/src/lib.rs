@@ -12,7 +12,8 @@
 //!   restoration, checkpoints, rebalances, shutdown.
 //! - [`driver`]: `TopologyTestDriver`, the same task code with no broker, for unit tests.
 //! - [`query`]: interactive queries over this instance's stores.
-//! - [`dlq`]: dead letters for poison records.
+//! - [`dlq`]: dead letters for poison records (a retriable error, marked [`Retriable`], is retried
+//!   instead, never dead-lettered).
 //! - [`metrics`]: the runtime's Prometheus metrics.
 //! - [`partitioner`]: Kafka's murmur2 partitioner, so Rust and Java agree on co-partitioning.
 
@@ -30,7 +31,9 @@ pub mod topology;
 
 pub use dlq::ErrorPolicy;
 pub use driver::TopologyTestDriver;
-pub use processor::{BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType};
+pub use processor::{
+    BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, Retriable,
+};
 pub use query::{KeyOwner, KeyQueryMetadata, StoreQuery};
 pub use record::{Headers, OutputRecord, RawRecord, Record, RecordMetadata};
 pub use runtime::{ProcessingGuarantee, Streams, StreamsConfig, StreamsError};

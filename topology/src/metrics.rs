@@ -36,6 +36,10 @@ pub struct StreamsMetrics {
     pub store_keys: IntGaugeVec,
     /// Poison records by reason.
     pub dead_letters: IntCounterVec,
+    /// Retriable errors (a dependency away) by step: deserialization, processing, serialization,
+    /// punctuation. Each one aborted the transaction and was retried after a back-off; a rate
+    /// that does not fall to zero is an outage, not a bad record.
+    pub retriable_errors: IntCounterVec,
     /// Punctuations by processor and clock.
     pub punctuations: IntCounterVec,
     /// Rebalance events by kind (assigned, revoked, error).
@@ -122,6 +126,11 @@ impl StreamsMetrics {
                 "paystream_topology_dead_letters_total",
                 "Poison records sent to the DLQ",
                 &["reason"],
+            ),
+            retriable_errors: counter(
+                "paystream_topology_retriable_errors_total",
+                "Retriable errors (dependency away), each aborted and retried after a back-off",
+                &["kind"],
             ),
             punctuations: counter(
                 "paystream_topology_punctuations_total",

@@ -11,7 +11,54 @@ use crate::topology::Nodes;
 /// Errors a processor (or a deserializer) returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Marks an error as retriable: a dependency is away (a schema registry that cannot be reached or
+/// answers 5xx or 429, a timeout), and the same record may well succeed in a moment.
+///
+/// Deserializers and serializers return a plain [`BoxError`], so this wrapper is how they say
+/// "not the record's fault": `Err(Retriable::boxed(error))`. The runtime finds it by downcast (at
+/// the top of the error, or anywhere in its `source()` chain) and then never dead-letters the
+/// record: it aborts the open transaction, rewinds to the committed offsets, backs off and
+/// processes the same record again. Any other error of a deserializer or serializer is poison.
+/// A processor returns [`ProcessError::Retriable`] for the same meaning.
+#[derive(Debug)]
+pub struct Retriable(pub BoxError);
+
+impl Retriable {
+    /// `error`, marked retriable and boxed, ready to return from a deserializer or serializer.
+    pub fn boxed(error: impl Into<BoxError>) -> BoxError {
+        Box::new(Retriable(error.into()))
+    }
+
+    /// Whether `error` is marked retriable, at its top or anywhere in its source chain.
+    pub fn is_marked(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if error.is::<Retriable>() {
+                return true;
+            }
+            current = error.source();
+        }
+        false
+    }
+}
+
+impl std::fmt::Display for Retriable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The marker adds no words: logs and metrics show the dependency's own error.
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Retriable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// Why processing a record failed, which decides what the runtime does next.
+///
+/// A deserializer's or serializer's [`BoxError`] becomes [`ProcessError::Retriable`] when it is
+/// marked with [`Retriable`], and [`ProcessError::Poison`] otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     /// This record cannot be processed, ever (bad content, an illegal value). Under the dead-letter
@@ -19,6 +66,13 @@ pub enum ProcessError {
     /// writes and outputs are dropped.
     #[error("poison record: {0}")]
     Poison(#[source] BoxError),
+    /// Not the record's fault, and retrying may succeed: a dependency is away (a registry, a
+    /// timeout). Never dead-lettered, whatever the policy: the runtime aborts the transaction (every
+    /// task's uncommitted work is dropped), rewinds to the committed offsets, backs off (capped
+    /// exponential) and processes the same record again. In a punctuation it means the same: abort
+    /// and retry, not stop.
+    #[error("retriable: {0}")]
+    Retriable(#[source] BoxError),
     /// A store failed (disk, RocksDB). Not the record's fault: the transaction aborts and the
     /// runtime stops rather than dead-letter good records.
     #[error(transparent)]
@@ -40,6 +94,34 @@ impl ProcessError {
     /// A poison-record error from anything printable.
     pub fn poison(reason: impl Into<BoxError>) -> Self {
         ProcessError::Poison(reason.into())
+    }
+
+    /// A retriable error from anything printable.
+    pub fn retriable(reason: impl Into<BoxError>) -> Self {
+        ProcessError::Retriable(reason.into())
+    }
+
+    /// `error` as [`ProcessError::Retriable`] if it is marked with [`Retriable`], else as
+    /// `otherwise` says: how the runtime reads a deserializer's or serializer's error
+    /// (`otherwise` = `Poison`), and how a processor that calls a codec itself should read its
+    /// error (e.g. `otherwise` = `Fatal`), so that a registry blip is retried there too.
+    pub fn retriable_or(error: BoxError, otherwise: impl FnOnce(BoxError) -> ProcessError) -> Self {
+        match error.downcast::<Retriable>() {
+            Ok(marked) => ProcessError::Retriable(marked.0),
+            Err(error) if Retriable::is_marked(error.as_ref()) => ProcessError::Retriable(error),
+            Err(error) => otherwise(error),
+        }
+    }
+
+    /// Whether the runtime retries this error rather than dead-letter or stop.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ProcessError::Retriable(_))
+    }
+}
+
+impl From<Retriable> for ProcessError {
+    fn from(marked: Retriable) -> Self {
+        ProcessError::Retriable(marked.0)
     }
 }
 
@@ -222,5 +304,35 @@ impl<K, V> ProcessorContext<'_, K, V> {
             next_due_ms: now.map(|now| now.saturating_add(interval_ms)),
         });
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error of a codec's own that carries the marker as its source, as `?` into a wrapper
+    /// type would leave it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("codec: {0}")]
+    struct Wrapped(#[source] Retriable);
+
+    #[test]
+    fn a_marked_error_is_retriable_and_keeps_its_words_and_anything_else_is_as_the_caller_says() {
+        let marked = Retriable::boxed("registry at 127.0.0.1:1 refused the connection");
+        assert_eq!(marked.to_string(), "registry at 127.0.0.1:1 refused the connection");
+        let error = ProcessError::retriable_or(marked, ProcessError::Poison);
+        assert!(error.is_retriable(), "{error:?}");
+        assert_eq!(error.to_string(), "retriable: registry at 127.0.0.1:1 refused the connection");
+
+        let nested: BoxError = Box::new(Wrapped(Retriable("503".into())));
+        assert!(Retriable::is_marked(nested.as_ref()));
+        assert!(ProcessError::retriable_or(nested, ProcessError::Poison).is_retriable());
+
+        let plain: BoxError = "bad magic byte".into();
+        assert!(!Retriable::is_marked(plain.as_ref()));
+        assert!(matches!(ProcessError::retriable_or(plain, ProcessError::Poison), ProcessError::Poison(_)));
+        let plain: BoxError = "corrupt state".into();
+        assert!(matches!(ProcessError::retriable_or(plain, ProcessError::Fatal), ProcessError::Fatal(_)));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::dlq::{dead_letter, ErrorPolicy, PoisonKind};
 use crate::metrics::StreamsMetrics;
-use crate::processor::{ProcessError, Processor, ProcessorContext, PunctuationType, Schedule};
+use crate::processor::{BoxError, ProcessError, Processor, ProcessorContext, PunctuationType, Schedule};
 use crate::record::{OutputRecord, RawRecord, Record};
 use crate::store::buffered::BufferedStore;
 use crate::store::{SharedBackend, StoreError};
@@ -50,6 +50,63 @@ pub enum TaskError {
     /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Not the record's fault and worth another try: a dependency is away (a deserializer or
+    /// serializer error marked [`crate::processor::Retriable`], or [`ProcessError::Retriable`]).
+    /// The record's staged work is already dropped; the caller aborts the transaction (every
+    /// task's uncommitted work), rewinds to the committed offsets, backs off and processes the
+    /// same record again. Never dead-lettered.
+    #[error("retriable {} error at {at} in {node}: {source}", kind.as_str())]
+    Retriable {
+        /// Which step failed.
+        kind: RetriableKind,
+        /// Where: `<topic>-<partition>@<offset>` of the input record, or the punctuation.
+        at: String,
+        /// The node that failed.
+        node: String,
+        /// The dependency's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl TaskError {
+    /// Whether the caller should abort, back off and retry rather than stop.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, TaskError::Retriable { .. })
+    }
+}
+
+/// Which step met a retriable error: the `kind` label of the retriable-errors metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetriableKind {
+    /// A source's deserializer.
+    Deserialization,
+    /// A processor's `process`.
+    Processing,
+    /// A sink's serializer.
+    Serialization,
+    /// A punctuation (the processor's `punctuate`, or a sink it forwarded to).
+    Punctuation,
+}
+
+impl RetriableKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetriableKind::Deserialization => "deserialization",
+            RetriableKind::Processing => "processing",
+            RetriableKind::Serialization => "serialization",
+            RetriableKind::Punctuation => "punctuation",
+        }
+    }
+
+    fn of(kind: PoisonKind) -> Self {
+        match kind {
+            PoisonKind::Deserialization => RetriableKind::Deserialization,
+            PoisonKind::Processing => RetriableKind::Processing,
+            PoisonKind::Serialization => RetriableKind::Serialization,
+        }
+    }
 }
 
 /// What happened to one input record.
@@ -236,7 +293,7 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
                     Failure {
                         node: source,
                         kind: PoisonKind::Deserialization,
-                        error: ProcessError::Poison(error),
+                        error: ProcessError::retriable_or(error, ProcessError::Poison),
                     },
                 )
             }
@@ -279,7 +336,7 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
                     let (key, value) = serializer(&record).map_err(|e| Failure {
                         node,
                         kind: PoisonKind::Serialization,
-                        error: ProcessError::Poison(e),
+                        error: ProcessError::retriable_or(e, ProcessError::Poison),
                     })?;
                     self.staged_outputs.push(OutputRecord {
                         topic: topic.clone(),
@@ -318,11 +375,19 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
         self.queue.clear();
     }
 
-    /// A record failed: dead-letter it, or fail, by policy. Store errors and fatal errors always fail.
+    /// A record failed: dead-letter it, or fail, by policy. Store errors and fatal errors always
+    /// fail; a retriable error is handed to the caller to retry, never dead-lettered.
     fn poison(&mut self, raw: &RawRecord, failure: Failure) -> Result<Processed, TaskError> {
         self.drop_record();
         let Failure { node, kind, error } = failure;
         let node_name = self.topology.nodes.get(node).name.clone();
+        let error = match error {
+            ProcessError::Retriable(source) => {
+                let at = format!("{}-{}@{}", raw.topic, raw.partition, raw.offset);
+                return Err(self.retriable(RetriableKind::of(kind), at, node_name, source));
+            }
+            other => other,
+        };
         let ProcessError::Poison(reason) = error else {
             return Err(TaskError::Processor { node: node_name, source: error });
         };
@@ -345,6 +410,12 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
                 detail,
             }),
         }
+    }
+
+    /// Counts a retriable error and builds it for the caller, who aborts, backs off and retries.
+    fn retriable(&self, kind: RetriableKind, at: String, node: String, source: BoxError) -> TaskError {
+        self.ctx.metrics.retriable_errors.with_label_values(&[kind.as_str()]).inc();
+        TaskError::Retriable { kind, at, node, source }
     }
 
     /// Fires every due schedule of clock `kind`; returns how many fired.
@@ -391,6 +462,13 @@ impl<K: Clone + 'static, V: Clone + 'static> Task<K, V> {
             });
             match result {
                 Ok(()) => self.keep_record(),
+                Err(ProcessError::Retriable(source)) => {
+                    // A dependency is away: the caller aborts and the punctuation runs again
+                    // after a back-off (the revived processor schedules it anew).
+                    self.drop_record();
+                    let at = format!("a {clock} punctuation of partition {}", self.partition);
+                    return Err(self.retriable(RetriableKind::Punctuation, at, name, source));
+                }
                 Err(error) => {
                     // A punctuation has no input record to dead-letter: its writes are dropped and
                     // the task stops, so the fault is seen rather than silently repeated.

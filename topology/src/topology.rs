@@ -8,13 +8,15 @@ use std::sync::Arc;
 use crate::processor::{BoxError, Processor};
 use crate::record::{RawRecord, Record};
 
-/// Turns a raw Kafka record into a typed key and value. An error makes the record poison.
+/// Turns a raw Kafka record into a typed key and value. An error makes the record poison, unless
+/// it is marked [`crate::processor::Retriable`] (a dependency away): then the record is retried.
 pub type Deserializer<K, V> = Arc<dyn Fn(&RawRecord) -> Result<(K, V), BoxError> + Send + Sync>;
 
 /// Key and value bytes of a record on its way to Kafka (`None`: null key / tombstone).
 pub type Serialized = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Turns a typed record into key and value bytes.
+/// Turns a typed record into key and value bytes. An error makes the input record poison, unless
+/// it is marked [`crate::processor::Retriable`]: then the input record is retried.
 pub type Serializer<K, V> = Arc<dyn Fn(&Record<K, V>) -> Result<Serialized, BoxError> + Send + Sync>;
 
 /// Makes one processor instance per task.
@@ -197,6 +199,14 @@ impl<K, V> Default for TopologyBuilder<K, V> {
 
 impl<K, V> TopologyBuilder<K, V> {
     /// A source node `name` reading `topics` through `deserializer`.
+    ///
+    /// The deserializer's error decides the record's fate. A plain error means the bytes are bad:
+    /// the record is poison (dead-lettered under [`crate::ErrorPolicy::DeadLetter`]). An error
+    /// wrapped in [`crate::Retriable`] (`Err(Retriable::boxed(e))`, e.g. a schema registry that
+    /// cannot be reached, answers 5xx or 429, or times out) means the record may be fine: it is
+    /// never dead-lettered; the transaction aborts, the consumer rewinds, and the same record is
+    /// read again after a capped back-off. The same contract holds for [`Self::add_sink`]'s
+    /// serializer.
     pub fn add_source(
         &mut self,
         name: &str,
@@ -223,7 +233,9 @@ impl<K, V> TopologyBuilder<K, V> {
         self.push(name, NodeKind::Processor { supplier }, parents)
     }
 
-    /// A sink node `name` writing what `parents` forward to `topic` through `serializer`.
+    /// A sink node `name` writing what `parents` forward to `topic` through `serializer`. Its
+    /// errors are read as [`Self::add_source`] says: [`crate::Retriable`] retries, anything else
+    /// makes the input record poison.
     pub fn add_sink(
         &mut self,
         name: &str,

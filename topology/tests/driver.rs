@@ -215,3 +215,137 @@ fn a_processor_may_only_use_stores_attached_to_it() {
     let error = driver.pipe("in", Some(b"k"), Some(b"v"), 1).unwrap_err();
     assert!(error.to_string().contains("not attached to processor snoop"), "{error}");
 }
+
+/// A retriable error (a dependency away) is the test's error, never a dead letter, under either
+/// policy; piping the same record again is the runtime's retry.
+mod retriable {
+    use super::*;
+    use common::{flaky_counting, Flaky, FLAKY};
+    use paystream_topology::task::{RetriableKind, TaskError};
+    use paystream_topology::Retriable;
+
+    fn kind(error: &TaskError) -> RetriableKind {
+        match error {
+            TaskError::Retriable { kind, .. } => *kind,
+            other => panic!("expected a retriable error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_retriable_deserializer_error_is_reported_as_retriable_and_never_dead_lettered() {
+        for policy in [dlq(), ErrorPolicy::Fail] {
+            let mut driver =
+                TopologyTestDriver::new(flaky_counting("in", "out", Flaky::new(2)), "app", policy, 0)
+                    .unwrap();
+            driver.pipe("in", Some(b"a"), Some(b"x"), 1).unwrap();
+            for attempt in 1..=2 {
+                let error = driver.pipe("in", Some(b"a"), Some(FLAKY.as_bytes()), 2).unwrap_err();
+                assert_eq!(kind(&error), RetriableKind::Deserialization, "attempt {attempt}: {error}");
+                assert!(error.to_string().contains("in-0@1"), "names the record: {error}");
+                assert!(driver.read_all("dlq").is_empty(), "attempt {attempt}: nothing dead-lettered");
+                assert_eq!(driver.store("counts").unwrap().get(b"a").unwrap(), Some(b"1".to_vec()));
+            }
+            assert_eq!(driver.pipe("in", Some(b"a"), Some(FLAKY.as_bytes()), 2).unwrap(), Processed::Ok);
+            driver.pipe("in", Some(b"a"), Some(b"x"), 3).unwrap();
+            assert_eq!(
+                values(&mut driver, "out").into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+                vec!["1", "2", "3"],
+                "every record counted once, the retried one at the offset it failed at"
+            );
+            assert!(driver.read_all("dlq").is_empty());
+        }
+    }
+
+    /// Counts like `Count`, but the registry it needs is away on values `down`.
+    struct Dependent;
+    impl Processor<String, String> for Dependent {
+        fn process(
+            &mut self,
+            record: Record<String, String>,
+            ctx: &mut ProcessorContext<'_, String, String>,
+        ) -> Result<(), ProcessError> {
+            ctx.store("counts")?.put(record.key.as_bytes(), b"written")?;
+            if record.value == "down" {
+                return Err(ProcessError::retriable("the database is away"));
+            }
+            ctx.forward(record);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn retriable_processor_and_serializer_errors_drop_the_records_work_and_are_not_dead_lettered() {
+        let mut builder = Topology::builder();
+        builder
+            .add_source("in", &["in"], utf8)
+            .add_processor("dependent", || Dependent, &["in"])
+            .add_state_store(StoreSpec::in_memory("counts"), &["dependent"])
+            .add_sink(
+                "out",
+                "out",
+                |r: &Record<String, String>| match r.value.as_str() {
+                    "unencodable" => Err(Retriable::boxed("registry answered 503")),
+                    _ => common::to_bytes(r),
+                },
+                &["dependent"],
+            );
+        let mut driver = TopologyTestDriver::new(builder.build().unwrap(), "app", dlq(), 0).unwrap();
+        let error = driver.pipe("in", Some(b"a"), Some(b"down"), 1).unwrap_err();
+        assert_eq!(kind(&error), RetriableKind::Processing, "{error}");
+        let error = driver.pipe("in", Some(b"b"), Some(b"unencodable"), 2).unwrap_err();
+        assert_eq!(kind(&error), RetriableKind::Serialization, "{error}");
+        assert!(error.to_string().contains("503"), "the dependency's words are kept: {error}");
+        assert_eq!(driver.store("counts").unwrap().get(b"a").unwrap(), None, "store writes dropped");
+        assert_eq!(driver.store("counts").unwrap().get(b"b").unwrap(), None, "store writes dropped");
+        assert!(driver.read_all("out").is_empty() && driver.read_all("dlq").is_empty());
+    }
+
+    /// Emits on every wall-clock punctuation, unless its dependency is away.
+    struct Punctual {
+        away: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl Processor<String, String> for Punctual {
+        fn init(&mut self, ctx: &mut ProcessorContext<'_, String, String>) -> Result<(), ProcessError> {
+            ctx.schedule(Duration::from_secs(1), paystream_topology::PunctuationType::WallClock);
+            Ok(())
+        }
+        fn process(
+            &mut self,
+            _: Record<String, String>,
+            _: &mut ProcessorContext<'_, String, String>,
+        ) -> Result<(), ProcessError> {
+            Ok(())
+        }
+        fn punctuate(
+            &mut self,
+            _: paystream_topology::PunctuationId,
+            timestamp_ms: i64,
+            ctx: &mut ProcessorContext<'_, String, String>,
+        ) -> Result<(), ProcessError> {
+            if self.away.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ProcessError::retriable("registry away"));
+            }
+            ctx.forward(Record::new("tick".into(), timestamp_ms.to_string(), timestamp_ms));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_retriable_error_in_a_punctuation_is_retried_not_fatal() {
+        let away = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = away.clone();
+        let mut builder = Topology::builder();
+        builder
+            .add_source("in", &["in"], utf8)
+            .add_processor("punctual", move || Punctual { away: flag.clone() }, &["in"])
+            .add_sink("out", "out", common::to_bytes, &["punctual"]);
+        let mut driver = TopologyTestDriver::new(builder.build().unwrap(), "app", dlq(), 0).unwrap();
+        let error = driver.advance_wall_clock(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(kind(&error), RetriableKind::Punctuation, "{error}");
+        away.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The revived processor scheduled its punctuation anew, one interval after the abort.
+        assert_eq!(driver.advance_wall_clock(Duration::from_secs(1)).unwrap(), 1);
+        assert_eq!(values(&mut driver, "out"), vec![("tick".into(), "2000".into())]);
+        assert!(driver.read_all("dlq").is_empty());
+    }
+}

@@ -608,3 +608,53 @@ async fn rust_producers_partition_keys_as_kafkas_murmur2_does() {
     }
     testkit::delete_topics(&settings, &[&topic]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retriable errors: retried, never dead-lettered.
+
+/// Retriable failures of each flaky record before its deserializer succeeds.
+const FLAKY_FAILURES: u32 = 3;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retriable_deserializer_error_is_retried_until_it_succeeds_and_nothing_is_dead_lettered() {
+    use common::{flaky_counting, Flaky, FLAKY};
+    use rdkafka::consumer::Consumer;
+
+    let topics = Topics::new("retriable", 2).await;
+    let state = tempfile::tempdir().unwrap();
+    let producer = producer(&topics.settings);
+    let (total, mut flaky_records) = (60, 0);
+    let mut expected = BTreeMap::new();
+    for i in 0..total {
+        let key = format!("k{}", i % 6);
+        let value = if i % 7 == 3 { FLAKY } else { "x" };
+        flaky_records += u32::from(value == FLAKY);
+        send(&producer, &topics.input, &key, value.as_bytes(), None);
+        *expected.entry(key).or_insert(0) += 1;
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let flaky = Flaky::new(FLAKY_FAILURES);
+    let topology = flaky_counting(&topics.input, &topics.output, flaky.clone());
+    let streams = Streams::start(topology, topics.config(state.path())).unwrap();
+    let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
+    let outputs = consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(total));
+    assert_exactly_once(&outputs, &expected);
+    assert_eq!(
+        flaky.failures_so_far(),
+        FLAKY_FAILURES * flaky_records,
+        "every flaky record failed, then passed"
+    );
+    let retried = streams.metrics().retriable_errors.with_label_values(&["deserialization"]).get();
+    assert_eq!(retried, u64::from(FLAKY_FAILURES * flaky_records), "each retriable error counted once");
+    for reason in ["deserialization", "processing", "serialization"] {
+        assert_eq!(streams.metrics().dead_letters.with_label_values(&[reason]).get(), 0, "{reason}");
+    }
+    // Not even an aborted dead letter: the DLQ topic was never written to.
+    let dlq = testkit::consumer(&topics.settings, &topics.dlq, "read_uncommitted");
+    let (_, high) = dlq.fetch_watermarks(&topics.dlq, 0, Duration::from_secs(10)).expect("DLQ watermarks");
+    assert_eq!(high, 0, "nothing reached the dead-letter topic");
+    assert_eq!(streams.state(), StreamsState::Running, "retries do not stop the runtime");
+    streams.close().unwrap();
+    topics.cleanup().await;
+}

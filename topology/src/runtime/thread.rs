@@ -15,6 +15,13 @@
 //! offsets (a Kafka consumer does not rewind by itself: KAFKA-17582). A fenced producer ends the
 //! session: the thread leaves the group and joins again after a back-off.
 //!
+//! A retriable error of a task (a dependency away: `TaskError::Retriable`) takes the same road as
+//! an abortable commit failure, never the dead-letter one: the transaction is aborted, every task
+//! drops its uncommitted work, the consumer seeks back to the committed offsets, and after a
+//! capped exponential back-off (`RETRY_BACKOFF_INITIAL` doubling to `RETRY_BACKOFF_MAX`) the same
+//! record is read again. The back-off starts over once processing gets past the record (or
+//! punctuation) that failed.
+//!
 //! The state the loop and the callbacks share lives in `Shared` behind a mutex. The loop never
 //! holds it across `poll`, which is where librdkafka runs the callbacks, on this same thread.
 
@@ -42,7 +49,7 @@ use crate::record::{OutputRecord, RawRecord};
 use crate::store::memory::MemoryBackend;
 use crate::store::rocks::RocksBackend;
 use crate::store::SharedBackend;
-use crate::task::{Task, TaskContext};
+use crate::task::{Task, TaskContext, TaskError};
 use crate::topology::{StoreKind, Topology};
 
 /// Longest back-off between two group sessions after a fencing.
@@ -53,6 +60,16 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(30);
 const SENDS_PER_POLL: usize = 256;
 /// How often store sizes are sampled for the gauge.
 const STORE_SIZE_INTERVAL: Duration = Duration::from_secs(10);
+/// First pause after a retriable error before the same record is read again: a registry blip
+/// is usually over in a moment.
+const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest pause between two retries; the doubling stops here. The consumer is not polled while
+/// it lasts, so it stays far below `max.poll.interval.ms` (5 minutes); heartbeats go on in
+/// librdkafka's background thread, so the group keeps this member.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Slice of a retry back-off between two looks at the shutdown flag, so a stop is not delayed
+/// by a back-off.
+const RETRY_SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
 
 /// What the stream thread is given.
 pub(super) struct Env<K, V> {
@@ -146,6 +163,9 @@ where
         last_store_sizes: Instant::now(),
         fatal: None,
         rejoin: None,
+        retry: None,
+        retry_point: None,
+        retry_backoff: RETRY_BACKOFF_INITIAL,
         sends_since_poll: 0,
     }));
     let context = StreamContext { shared: shared.clone(), metrics: env.metrics.clone() };
@@ -205,7 +225,13 @@ where
         Some(Err(error)) => tracing::warn!(%error, "consumer error"),
         None => {}
     }
-    s.punctuate_wall_clock()?;
+    if s.retry.is_none() {
+        s.punctuate_wall_clock()?;
+    }
+    if let Some((error, point)) = s.retry.take() {
+        s.retry_later(consumer, error, point, &env.shutdown)?;
+        return Ok(None);
+    }
     if s.commit_due() {
         if let Some(reason) = s.commit_or_recover(consumer)? {
             return Ok(Some(SessionEnd::Rejoin(reason)));
@@ -292,6 +318,18 @@ impl Producer_ {
                 .map_err(StreamsError::kafka("initializing transactions"))?;
         }
         Ok(Self { producer, tracker, transactional })
+    }
+
+    /// Aborts the open transaction. librdkafka's abort waits until every outstanding message is
+    /// purged or delivered *and its delivery report served*, which a `BaseProducer` does only when
+    /// polled: without the flush first (which polls, as rdkafka's `commit_transaction` does), an
+    /// abort with records in flight times out and the producer has to be replaced.
+    fn abort(&self) -> Result<(), KafkaError> {
+        if let Err(error) = self.producer.flush(TRANSACTION_CALL_TIMEOUT) {
+            // The abort below still decides; a failed delivery only makes it more necessary.
+            tracing::debug!(%error, "flush before abort failed");
+        }
+        self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
     }
 
     /// Sends one record, waiting while librdkafka's queue is full.
@@ -387,8 +425,34 @@ struct Shared<K, V> {
     fatal: Option<StreamsError>,
     /// A reason raised inside a callback to leave and rejoin the group.
     rejoin: Option<String>,
+    /// A retriable error met in this turn, and where, for the loop to abort, rewind and retry.
+    retry: Option<(TaskError, RetryPoint)>,
+    /// Where the last retriable error struck, until processing gets past it.
+    retry_point: Option<RetryPoint>,
+    /// The pause before the next retry: doubles with each retriable error up to
+    /// `RETRY_BACKOFF_MAX`, back to `RETRY_BACKOFF_INITIAL` once past `retry_point`.
+    retry_backoff: Duration,
     /// Records sent since the producer was last polled.
     sends_since_poll: usize,
+}
+
+/// Where a retriable error struck, so the back-off starts over only once that is behind us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RetryPoint {
+    /// An input record (its stream-time punctuations included).
+    Record {
+        /// Source topic.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Source offset.
+        offset: i64,
+    },
+    /// A wall-clock punctuation of the task of this partition.
+    Punctuation {
+        /// The task's partition.
+        partition: i32,
+    },
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
@@ -413,9 +477,79 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
         }
         self.begin()?;
         let owned = self.tasks.get_mut(&record.partition).expect("checked above");
-        owned.task.process(&record, now_ms())?;
+        match owned.task.process(&record, now_ms()) {
+            Ok(_) => {}
+            Err(error @ TaskError::Retriable { .. }) => {
+                let point = RetryPoint::Record {
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                self.retry = Some((error, point));
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        }
         let outputs = owned.task.take_outputs();
+        if matches!(&self.retry_point, Some(RetryPoint::Record { topic, partition, offset })
+            if *topic == record.topic && *partition == record.partition && record.offset >= *offset)
+        {
+            self.retried_past();
+        }
         self.send_all(&outputs)
+    }
+
+    /// Processing got past the point of the last retriable error: the next one starts the
+    /// back-off over.
+    fn retried_past(&mut self) {
+        tracing::info!(point = ?self.retry_point, "past the retriable error; going on");
+        self.retry_point = None;
+        self.retry_backoff = RETRY_BACKOFF_INITIAL;
+    }
+
+    /// A retriable error: abort the transaction, drop every task's uncommitted work, rewind to
+    /// the committed offsets and pause, so that the same record is read again afterwards. Never a
+    /// dead letter: the record is not at fault.
+    fn retry_later<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        error: TaskError,
+        point: RetryPoint,
+        shutdown: &AtomicBool,
+    ) -> Result<(), StreamsError> {
+        let delay = self.retry_backoff;
+        self.retry_backoff = (delay * 2).min(RETRY_BACKOFF_MAX);
+        self.retry_point = Some(point);
+        tracing::warn!(%error, backoff_ms = delay.as_millis() as u64,
+            "retriable error: aborting the transaction, rewinding and retrying the same record");
+        if self.in_transaction && self.producer.transactional {
+            if let Err(error) = self.producer.abort() {
+                // The producer's state is unknown: a new one with the same transactional.id
+                // fences the old epoch and aborts whatever it left open.
+                tracing::warn!(%error, "abort failed; replacing the producer");
+                self.producer = Producer_::new(&self.config)?;
+            }
+        }
+        self.drop_uncommitted()?;
+        rewind(consumer, self.tasks.keys().copied().collect())?;
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !shutdown.load(Ordering::SeqCst) {
+            std::thread::sleep(RETRY_SHUTDOWN_CHECK.min(until.saturating_duration_since(Instant::now())));
+        }
+        Ok(())
+    }
+
+    /// The transaction is gone (aborted, or its producer replaced): every task drops what it had
+    /// not committed and is revived as it was after its last commit.
+    fn drop_uncommitted(&mut self) -> Result<(), StreamsError> {
+        self.in_transaction = false;
+        lock(&self.producer.tracker.changelog_offsets).clear();
+        lock(&self.producer.tracker.failure).take();
+        let now = now_ms();
+        for owned in self.tasks.values_mut() {
+            owned.task.aborted(now)?;
+        }
+        Ok(())
     }
 
     fn send_all(&mut self, outputs: &[OutputRecord]) -> Result<(), StreamsError> {
@@ -446,8 +580,18 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
             }
             self.begin()?;
             let owned = self.tasks.get_mut(&partition).expect("listed just above");
-            owned.task.punctuate(PunctuationType::WallClock, now)?;
+            match owned.task.punctuate(PunctuationType::WallClock, now) {
+                Ok(_) => {}
+                Err(error @ TaskError::Retriable { .. }) => {
+                    self.retry = Some((error, RetryPoint::Punctuation { partition }));
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            }
             let outputs = owned.task.take_outputs();
+            if self.retry_point == Some(RetryPoint::Punctuation { partition }) {
+                self.retried_past();
+            }
             self.send_all(&outputs)?;
         }
         Ok(())
@@ -563,7 +707,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
     ) -> Result<Option<String>, StreamsError> {
         let (outcome, reason, replace, rejoin) = match failure {
             CommitFailure::Abortable(reason) => {
-                let aborted = self.producer.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT);
+                let aborted = self.producer.abort();
                 let replace = aborted.is_err();
                 ("aborted", reason, replace, false)
             }
@@ -572,13 +716,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
         };
         tracing::warn!(%reason, outcome, "commit failed; dropping uncommitted work and rewinding");
         self.metrics.commits.with_label_values(&[outcome]).inc();
-        self.in_transaction = false;
-        lock(&self.producer.tracker.changelog_offsets).clear();
-        lock(&self.producer.tracker.failure).take();
-        let now = now_ms();
-        for owned in self.tasks.values_mut() {
-            owned.task.aborted(now)?;
-        }
+        self.drop_uncommitted()?;
         if replace && !rejoin {
             // Same transactional.id: init_transactions fences the old epoch and aborts whatever
             // it left open.
@@ -593,7 +731,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> Shared<K, V> {
 
     fn abort_quietly(&mut self) {
         if self.in_transaction && self.producer.transactional {
-            if let Err(error) = self.producer.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT) {
+            if let Err(error) = self.producer.abort() {
                 tracing::warn!(%error, "abort failed while stopping; the broker aborts on transaction timeout");
             }
         }

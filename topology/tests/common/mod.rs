@@ -1,12 +1,14 @@
 //! Topologies shared by the driver tests and the runtime tests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paystream_topology::topology::Serialized;
 use paystream_topology::{
     BoxError, ProcessError, Processor, ProcessorContext, PunctuationId, PunctuationType, RawRecord, Record,
-    StoreSpec, Topology,
+    Retriable, StoreSpec, Topology,
 };
 
 /// A value that makes the counting processor refuse the record.
@@ -112,5 +114,58 @@ pub fn ticking(input: &str, output: &str, wall: Duration, stream: Duration) -> T
         .add_source("in", &[input], utf8)
         .add_processor("tick", move || Ticker::new(wall, stream), &["in"])
         .add_sink("out", output, to_bytes, &["tick"]);
+    builder.build().expect("valid topology")
+}
+
+/// A value prefix that makes [`Flaky`] fail retriably before it decodes the record.
+pub const FLAKY: &str = "flaky";
+
+/// A record's identity: topic, partition, offset.
+type RecordId = (String, i32, i64);
+
+/// A deserializer whose dependency is away for a while: each record whose value starts with
+/// [`FLAKY`] fails `failures` times with a [`Retriable`] error (counted per topic, partition and
+/// offset, so a retry of the same record counts on), then decodes like [`utf8`].
+#[derive(Clone)]
+pub struct Flaky {
+    failures: u32,
+    /// Retriable failures so far, per record.
+    failed: Arc<Mutex<HashMap<RecordId, u32>>>,
+}
+
+impl Flaky {
+    pub fn new(failures: u32) -> Self {
+        Self { failures, failed: Arc::default() }
+    }
+
+    pub fn deserialize(&self, raw: &RawRecord) -> Result<(String, String), BoxError> {
+        if raw.value.as_deref().is_some_and(|v| v.starts_with(FLAKY.as_bytes())) {
+            let mut failed = self.failed.lock().unwrap();
+            let count = failed.entry((raw.topic.clone(), raw.partition, raw.offset)).or_insert(0);
+            if *count < self.failures {
+                *count += 1;
+                return Err(Retriable::boxed(format!(
+                    "registry away (failure {count} of offset {})",
+                    raw.offset
+                )));
+            }
+        }
+        utf8(raw)
+    }
+
+    /// Retriable failures handed out so far, over all records.
+    pub fn failures_so_far(&self) -> u32 {
+        self.failed.lock().unwrap().values().sum()
+    }
+}
+
+/// `in` (through `flaky`) → `count` (store `counts`) → `out`.
+pub fn flaky_counting(input: &str, output: &str, flaky: Flaky) -> Topology<String, String> {
+    let mut builder = Topology::builder();
+    builder
+        .add_source("in", &[input], move |raw: &RawRecord| flaky.deserialize(raw))
+        .add_processor("count", || Count, &["in"])
+        .add_state_store(StoreSpec::persistent("counts"), &["count"])
+        .add_sink("out", output, to_bytes, &["count"]);
     builder.build().expect("valid topology")
 }
