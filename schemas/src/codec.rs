@@ -37,6 +37,16 @@ pub enum EncodeError {
     Registry { subject: String, source: SRCError },
 }
 
+impl EncodeError {
+    /// Retrying may succeed: the registry could not be reached, or answered 5xx or 429. A
+    /// refused contract (incompatible, invalid) is not retriable.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Registry { source, .. } => registry_away(source),
+        }
+    }
+}
+
 /// Why bytes could not be decoded into an event.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -171,17 +181,24 @@ impl EventCodec {
 /// A 404 means the id was never given out: the record is bad and goes to the DLQ.
 fn classify_registry_error(error: &SRCError, schema_id: u32) -> DecodeError {
     let text = format!("{} {}", error.error, error.cause.as_deref().unwrap_or_default());
-    let status = text
-        .split("status ")
-        .skip(1)
-        .find_map(|rest| rest.get(..3).and_then(|digits| digits.parse::<u16>().ok()));
-    match status {
-        _ if error.retriable => DecodeError::RegistryUnavailable(error.to_string()),
-        Some(500..=599 | 429) => DecodeError::RegistryUnavailable(error.to_string()),
+    match http_status(error) {
+        _ if registry_away(error) => DecodeError::RegistryUnavailable(error.to_string()),
         Some(404) => DecodeError::UnknownSchemaId(schema_id),
         _ if text.contains("40403") => DecodeError::UnknownSchemaId(schema_id),
         _ => DecodeError::Registry(error.to_string()),
     }
+}
+
+/// The registry is away rather than refusing: no connection (the client marks it retriable), or
+/// it answered 5xx or 429. The one rule for decoding and encoding alike.
+fn registry_away(error: &SRCError) -> bool {
+    error.retriable || matches!(http_status(error), Some(500..=599 | 429))
+}
+
+/// The HTTP status the registry answered with, as the client writes it into its message.
+fn http_status(error: &SRCError) -> Option<u16> {
+    let text = format!("{} {}", error.error, error.cause.as_deref().unwrap_or_default());
+    text.split("status ").skip(1).find_map(|rest| rest.get(..3).and_then(|digits| digits.parse::<u16>().ok()))
 }
 
 /// Byte length every decimal is sign-extended to before resolution: holds precision 38.
@@ -237,6 +254,17 @@ mod tests {
         ));
         let other = classify_registry_error(&answered("401 Unauthorized"), 7);
         assert!(matches!(other, DecodeError::Registry(_)) && !other.is_retriable());
+    }
+
+    #[test]
+    fn encoding_against_a_registry_that_is_away_is_retriable_and_a_refused_contract_is_not() {
+        let encode = |source| EncodeError::Registry { subject: "t-value".into(), source };
+        assert!(encode(answered("503 Service Unavailable")).is_retriable());
+        assert!(encode(answered("429 Too Many Requests")).is_retriable());
+        let unreachable = SRCError::new("http call to schema registry failed", Some("refused".into()), true);
+        assert!(encode(unreachable).is_retriable());
+        assert!(!encode(answered("409 Conflict")).is_retriable(), "an incompatible contract");
+        assert!(!encode(answered("422 Unprocessable Entity")).is_retriable(), "an invalid contract");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! other, so timers survive restarts and moves of every process. A timer fires at most one
 //! punctuation interval plus one commit interval after its due time (while the process runs).
 //! Whether the payment is still waiting is the saga's business: it absorbs a late timer.
+//!
+//! A registry that is away while a `TimerScheduled` is decoded, or while a timer is encoded into
+//! the index or fired, is retried by the runtime (see `codec`), never dead-lettered: a lost
+//! `TimerScheduled` would be a payment that never times out.
 
 use std::time::Duration;
 
@@ -35,6 +39,13 @@ fn due_key(due_ms: i64, payment_id: Uuid, kind: TimerKind) -> Vec<u8> {
     key
 }
 
+/// A codec error inside the processor: retriable when the registry is away (the runtime retries
+/// the record or the punctuation), fatal otherwise (the due index holds only what this processor
+/// encoded itself, so bytes it cannot read mean a bug, not a bad record).
+fn codec_error(error: paystream_topology::BoxError) -> ProcessError {
+    ProcessError::retriable_or(error, ProcessError::Fatal)
+}
+
 struct Timers {
     codec: std::sync::Arc<dyn SagaCodec>,
 }
@@ -55,7 +66,7 @@ impl Processor<Uuid, SagaEvent> for Timers {
         };
         if let TimerChange::Scheduled { .. } = timer.change {
             let key = due_key(timer.due_at.timestamp_millis(), timer.payment_id, timer.kind);
-            let value = self.codec.encode(&SagaEvent::Timer(timer)).map_err(ProcessError::Fatal)?;
+            let value = self.codec.encode(&SagaEvent::Timer(timer)).map_err(codec_error)?;
             ctx.store(STORE)?.put(&key, &value)?;
         }
         Ok(())
@@ -72,8 +83,7 @@ impl Processor<Uuid, SagaEvent> for Timers {
         let fired_at = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now);
         for (key, value) in due {
             ctx.store(STORE)?.delete(&key)?;
-            let SagaEvent::Timer(mut timer) =
-                self.codec.decode(Input::Timer, &value).map_err(ProcessError::Fatal)?
+            let SagaEvent::Timer(mut timer) = self.codec.decode(Input::Timer, &value).map_err(codec_error)?
             else {
                 return Err(ProcessError::Fatal("the due index holds a non-timer".into()));
             };
