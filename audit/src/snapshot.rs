@@ -191,7 +191,7 @@ async fn decode<E: paystream_schemas::Event>(
             detail: e.to_string(),
         }),
         Err(e) => {
-            tracing::info!(topic, partition = raw.partition, offset = raw.offset, error = %e, "poison record skipped");
+            tracing::debug!(topic, partition = raw.partition, offset = raw.offset, error = %e, "poison record skipped");
             *poison.entry(topic.to_owned()).or_default() += 1;
             Ok(None)
         }
