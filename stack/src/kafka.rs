@@ -248,6 +248,23 @@ pub async fn wait_until_ready(bootstrap: &str, timeout: Duration) -> Result<(), 
     .await
 }
 
+/// A consumer context for readers that ask to be told when they reach the end of a partition
+/// (`enable.partition.eof`): librdkafka also reports that end as a client error, which the
+/// default context logs at error level. This one logs every other error as the default does.
+pub struct EndOfPartitionIsNoError;
+
+impl rdkafka::ClientContext for EndOfPartitionIsNoError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition =
+            matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !end_of_partition {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionIsNoError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,20 +291,3 @@ mod tests {
         assert_eq!(producer.get("acks"), Some("all"));
     }
 }
-
-/// A consumer context for readers that ask to be told when they reach the end of a partition
-/// (`enable.partition.eof`): librdkafka also reports that end as a client error, which the
-/// default context logs at error level. This one logs every other error as the default does.
-pub struct EndOfPartitionIsNoError;
-
-impl rdkafka::ClientContext for EndOfPartitionIsNoError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition =
-            matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
-        if !end_of_partition {
-            tracing::error!(%error, reason, "kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EndOfPartitionIsNoError {}
