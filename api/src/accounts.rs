@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use paystream_schemas::Amount;
+use paystream_wallet::{self as wallet, Refusal, WalletError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -292,28 +293,7 @@ pub async fn deposit(
             });
         }
     } else {
-        let updated = sqlx::query(
-            "UPDATE wallets SET available = available + $2, version = version + 1, updated_at = now()
-             WHERE wallet_id = $1",
-        )
-        .bind(wallet_id)
-        .bind(amount.to_decimal())
-        .execute(&mut *tx)
-        .await;
-        if let Err(sqlx::Error::Database(e)) = &updated {
-            // 22003: `available` alone would overflow numeric(14,2); 23514 on
-            // wallets_balance_max: available + reserved would pass the cap. Either way the
-            // deposit is refused and its transaction (with the deposits row) rolled back.
-            let over_cap =
-                e.code().as_deref() == Some("23514") && e.constraint() == Some(BALANCE_MAX_CONSTRAINT);
-            if e.code().as_deref() == Some("22003") || over_cap {
-                return Err(ApiError::validation(
-                    "amount",
-                    format!("the wallet's balance (available + reserved) would exceed {}", BALANCE_MAX_TEXT),
-                ));
-            }
-        }
-        updated?;
+        wallet::deposit(&mut tx, wallet_id, amount).await.map_err(deposit_refused)?;
     }
     let (_, balance) = wallet_balance(&mut tx, wallet_id, false).await?;
     tx.commit().await?;
@@ -321,6 +301,32 @@ pub async fn deposit(
         tracing::info!(operator = %caller.user_id, %wallet_id, %key, "deposit");
     }
     Ok(Json(balance))
+}
+
+/// The API's answer to a deposit the wallet refused; the transaction, with its deposits row,
+/// is rolled back.
+fn deposit_refused(error: WalletError) -> ApiError {
+    let over_cap = || {
+        ApiError::validation(
+            "amount",
+            format!("the wallet's balance (available + reserved) would exceed {BALANCE_MAX_TEXT}"),
+        )
+    };
+    match error {
+        WalletError::Refused(Refusal::OverBalanceCap { .. }) => over_cap(),
+        // The database's own refusals of the same deposit, behind the rules: 22003, a value
+        // would overflow numeric(14,2); 23514 on wallets_balance_max, the cap.
+        WalletError::Database(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("22003")
+                || (e.code().as_deref() == Some("23514")
+                    && e.constraint() == Some(BALANCE_MAX_CONSTRAINT)) =>
+        {
+            over_cap()
+        }
+        WalletError::Database(error) => error.into(),
+        WalletError::Missing(_) => ApiError::NotFound("wallet"),
+        other => ApiError::internal(other),
+    }
 }
 
 /// The balance of `wallet_id` if `caller` owns it (404 if it does not exist, 403 if it is

@@ -1,13 +1,14 @@
 //! `POST /api/v1/payment` (seed 000): accept a payment, exactly once.
 //!
-//! In ONE Postgres transaction: idempotency on paymentId, ownership, the balance check,
-//! the reservation (available → reserved), the `wallet_transactions` row (PENDING) and the
-//! outbox row carrying `PaymentInitiated`, already in the registered Avro contract.
+//! In ONE Postgres transaction: idempotency on paymentId, ownership, the balance check and
+//! the reservation (available → reserved, by `paystream_wallet::reserve`), the
+//! `wallet_transactions` row (PENDING) and the outbox row carrying `PaymentInitiated`,
+//! already in the registered Avro contract.
 //! Debezium streams the outbox row to `payments.initiated`; nothing here talks to Kafka.
 //!
-//! Concurrency: the wallet row is locked (`FOR UPDATE`) for the decision, so concurrent
-//! payments on one wallet are serialised and can never overdraw it; the CHECK constraints
-//! on `wallets` are the second line of defence.
+//! Concurrency: the wallet row is locked (`FOR UPDATE`, in the wallet crate) for the
+//! decision, so concurrent payments on one wallet are serialised and can never overdraw it;
+//! the CHECK constraints on `wallets` are the second line of defence.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,6 +16,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use paystream_schemas::events::PaymentInitiated;
 use paystream_schemas::{time, Amount};
+use paystream_wallet::{self as wallet, Refusal, WalletError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
@@ -209,14 +211,9 @@ async fn accept(
         if let Some(previous) = previous_answer(&mut tx, &payment).await? {
             return Ok(Decision::Replayed(previous));
         }
-        let available: Decimal =
-            sqlx::query_scalar("SELECT available FROM wallets WHERE wallet_id = $1 FOR UPDATE")
-                .bind(payment.wallet_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if available < payment.amount.to_decimal() {
-            return Err(ApiError::InsufficientFunds { available: available.to_string() });
-        }
+        // Reserved before the row is written, as the balance is judged first; a conflicting
+        // insert below drops the transaction, and the reservation with it.
+        wallet::reserve(&mut tx, payment.wallet_id, payment.amount).await.map_err(reservation_refused)?;
         let inserted = sqlx::query(
             "INSERT INTO wallet_transactions
                  (payment_id, wallet_id, amount, kind, description, requested_at, accepted_at)
@@ -236,15 +233,6 @@ async fn accept(
         if inserted == 0 {
             continue;
         }
-        sqlx::query(
-            "UPDATE wallets SET available = available - $2, reserved = reserved + $2,
-                                version = version + 1, updated_at = now()
-             WHERE wallet_id = $1",
-        )
-        .bind(payment.wallet_id)
-        .bind(payment.amount.to_decimal())
-        .execute(&mut *tx)
-        .await?;
         outbox.write(&mut tx).await?;
         tx.commit().await?;
         tracing::info!(payment_id = %payment.payment_id, wallet_id = %payment.wallet_id, amount = %payment.amount, "payment accepted");
@@ -254,6 +242,18 @@ async fn accept(
         }));
     }
     Err(ApiError::internal("paymentId kept conflicting without a committed row"))
+}
+
+/// The API's answer to a reservation the wallet refused.
+fn reservation_refused(error: WalletError) -> ApiError {
+    match error {
+        WalletError::Refused(Refusal::InsufficientFunds { available, .. }) => {
+            ApiError::InsufficientFunds { available: available.to_string() }
+        }
+        WalletError::Missing(_) => ApiError::NotFound("wallet"),
+        WalletError::Database(error) => error.into(),
+        other => ApiError::internal(other),
+    }
 }
 
 /// The answer already given for this paymentId: the same answer if the request is the

@@ -2,12 +2,13 @@
 //!
 //! The payment's `wallet_transactions` row is locked (`FOR UPDATE`), the result is judged
 //! against it by [`decide`] (pure, unit-tested), and a result that settles the payment
-//! moves the wallet's money and marks the row settled in the same transaction:
+//! moves the wallet's money (through `paystream_wallet`, the one place money moves) and
+//! marks the row settled in the same transaction:
 //!
 //! | result | wallet | row |
 //! |---|---|---|
-//! | COMPLETED | `reserved −= amount` | `COMPLETED` |
-//! | FAILED, FAILED_TIMEOUT | `available += amount`, `reserved −= amount` | `CANCELLED`, with the reason |
+//! | COMPLETED | [`paystream_wallet::confirm`]: `reserved −= amount` | `COMPLETED` |
+//! | FAILED, FAILED_TIMEOUT | [`paystream_wallet::compensate`]: `available += amount`, `reserved −= amount` | `CANCELLED`, with the reason |
 //!
 //! The row's `payment_result_id` is the dedup key: it is set in the same transaction that
 //! moves the money, so a redelivered result finds it set and changes nothing. That also
@@ -20,7 +21,7 @@
 //! | kind | examples | handling |
 //! |---|---|---|
 //! | transient ([`ApplyError::is_transient`]) | connection lost, serialization failure, deadlock, statement timeout | the same record is retried |
-//! | invariant breach ([`ApplyError::Invariant`]) | a CHECK in [`INVARIANT_CONSTRAINTS`] refuses the change (`reserved` would go negative: the reservation does not cover a pending payment); a post-condition read back fails | settlement **stops**, the offset uncommitted: the books are already wrong or this code is, and applying more results on top would spread the damage |
+//! | invariant breach ([`ApplyError::Invariant`]) | the wallet's reservation does not cover a pending payment ([`paystream_wallet::Refusal::ReservationShort`]), or a CHECK in [`INVARIANT_CONSTRAINTS`] refuses the change; the row written is not the one the wallet's rules predicted | settlement **stops**, the offset uncommitted: the books are already wrong or this code is, and applying more results on top would spread the damage |
 //! | per-record data error ([`Rejection::Data`], [`Rejection::ResultIdMismatch`], and the other [`Rejection`]s) | a numeric overflow (SQLSTATE 22003), any other data exception (class 22), a constraint outside [`INVARIANT_CONSTRAINTS`] (class 23), a result that disagrees with its payment or whose id is not `PaymentResult::id_for(paymentId, status)` | the transaction rolls back (nothing half-applied), the record goes to the DLQ with a stable reason, the offset moves on |
 //!
 //! A per-record data error is confined to one record: the next result, even for the same
@@ -42,6 +43,7 @@ use std::fmt;
 
 use paystream_schemas::events::{PaymentResult, PaymentResultStatus};
 use paystream_schemas::Amount;
+use paystream_wallet::WalletError;
 use rust_decimal::Decimal;
 use sqlx::error::ErrorKind;
 use sqlx::PgPool;
@@ -52,7 +54,7 @@ pub const RESULT_ID_UNIQUE_CONSTRAINT: &str = "wallet_transactions_payment_resul
 
 /// The largest balance (`available + reserved`) a wallet may hold: the largest
 /// `numeric(14,2)`, enforced by the CHECK `wallets_balance_max`.
-pub const MAX_BALANCE: Decimal = Decimal::from_parts(276_447_231, 23_283, 0, false, 2);
+pub use paystream_wallet::MAX_BALANCE;
 
 /// The CHECK constraints that encode money invariants. Settlement never moves money in a
 /// way that could violate them on a consistent wallet, so a violation means the wallet was
@@ -234,13 +236,11 @@ impl SettledStatus {
     }
 }
 
-/// The money a result moves, in one wallet.
+/// What a result does: the wallet's movement and the row's new status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Movement {
-    /// Added to `available` (zero or positive).
-    pub available_delta: Decimal,
-    /// Added to `reserved` (always minus the amount).
-    pub reserved_delta: Decimal,
+    /// The money moved: a confirmation or a compensation of the reservation.
+    pub money: paystream_wallet::Movement,
     /// The row's new status.
     pub settled: SettledStatus,
 }
@@ -248,18 +248,14 @@ pub struct Movement {
 impl Movement {
     /// What `status` does with `amount`; `None` for a status settlement cannot apply.
     pub fn for_result(status: PaymentResultStatus, amount: Amount) -> Option<Self> {
-        let amount = amount.to_decimal();
+        use paystream_wallet::Movement::{Compensate, Confirm};
         match status {
-            PaymentResultStatus::Completed => Some(Self {
-                available_delta: Decimal::ZERO,
-                reserved_delta: -amount,
-                settled: SettledStatus::Completed,
-            }),
-            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout => Some(Self {
-                available_delta: amount,
-                reserved_delta: -amount,
-                settled: SettledStatus::Cancelled,
-            }),
+            PaymentResultStatus::Completed => {
+                Some(Self { money: Confirm(amount), settled: SettledStatus::Completed })
+            }
+            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout => {
+                Some(Self { money: Compensate(amount), settled: SettledStatus::Cancelled })
+            }
             PaymentResultStatus::Unknown => None,
         }
     }
@@ -388,15 +384,6 @@ const SELECT_PAYMENT: &str = "
      WHERE payment_id = $1
        FOR UPDATE";
 
-const MOVE_MONEY: &str = "
-    UPDATE wallets
-       SET available = available + $2,
-           reserved = reserved + $3,
-           version = version + 1,
-           updated_at = now()
-     WHERE wallet_id = $1
- RETURNING available, reserved, version";
-
 const SETTLE_PAYMENT: &str = "
     UPDATE wallet_transactions
        SET status = $2,
@@ -422,23 +409,20 @@ pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, App
         Decision::Reject(rejection) => return finish_unchanged(tx, Outcome::Rejected(rejection)).await,
     };
     // The row was found above and is locked, so its wallet exists (foreign key).
-    let wallet_id = result.wallet_id;
-
-    let moved: Result<Option<(Decimal, Decimal, i64)>, sqlx::Error> = sqlx::query_as(MOVE_MONEY)
-        .bind(wallet_id)
-        .bind(movement.available_delta)
-        .bind(movement.reserved_delta)
-        .fetch_optional(&mut *tx)
-        .await;
-    let moved = match moved {
+    let moved = match paystream_wallet::apply(&mut tx, result.wallet_id, movement.money).await {
         Ok(moved) => moved,
-        Err(error) => return refused(tx, error, result).await,
-    };
-    let Some((available, reserved, wallet_version)) = moved else {
-        return Err(ApplyError::Invariant(format!(
-            "payment {} names wallet {wallet_id}, which does not exist",
-            result.payment_id
-        )));
+        Err(WalletError::Database(error)) => return refused(tx, error, result).await,
+        // A reservation that does not cover its pending payment, a missing wallet, a row
+        // other than the rules predicted: the books are wrong, whatever this record says.
+        Err(error) => {
+            return Err(ApplyError::Invariant(format!(
+                "applying result {} ({}) of payment {} to wallet {}: {error}",
+                result.payment_result_id,
+                result.status.symbol(),
+                result.payment_id,
+                result.wallet_id
+            )))
+        }
     };
 
     let settled = sqlx::query(SETTLE_PAYMENT)
@@ -464,15 +448,13 @@ pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, App
         Err(error) => return refused(tx, error, result).await,
     }
 
-    // Read back what the CHECKs already guarantee: a reservation never goes negative, and
-    // the balance stays within its cap.
-    if reserved < Decimal::ZERO || available < Decimal::ZERO || available + reserved > MAX_BALANCE {
-        return Err(ApplyError::Invariant(format!(
-            "wallet {wallet_id} would hold available {available}, reserved {reserved}"
-        )));
-    }
     tx.commit().await.map_err(ApplyError::Database)?;
-    Ok(Outcome::Applied(Applied { status: result.status, available, reserved, wallet_version }))
+    Ok(Outcome::Applied(Applied {
+        status: result.status,
+        available: moved.balance.available,
+        reserved: moved.balance.reserved,
+        wallet_version: moved.version,
+    }))
 }
 
 /// Ends a transaction that changed nothing and returns `outcome`.
@@ -575,8 +557,7 @@ mod tests {
         assert_eq!(
             decide(Some(&pending_row(&r)), &r),
             Decision::Apply(Movement {
-                available_delta: Decimal::ZERO,
-                reserved_delta: Decimal::new(-1_050, 2),
+                money: paystream_wallet::Movement::Confirm(r.amount),
                 settled: SettledStatus::Completed,
             })
         );
@@ -589,8 +570,7 @@ mod tests {
             assert_eq!(
                 decide(Some(&pending_row(&r)), &r),
                 Decision::Apply(Movement {
-                    available_delta: Decimal::new(99_999_999_999, 2),
-                    reserved_delta: Decimal::new(-99_999_999_999, 2),
+                    money: paystream_wallet::Movement::Compensate(r.amount),
                     settled: SettledStatus::Cancelled,
                 })
             );
@@ -603,11 +583,13 @@ mod tests {
         // wallet) and by nothing for a failure.
         let amount = Amount::from_minor(12_345).unwrap();
         let completed = Movement::for_result(PaymentResultStatus::Completed, amount).unwrap();
-        assert_eq!(completed.available_delta + completed.reserved_delta, -amount.to_decimal());
+        let (available_delta, reserved_delta) = completed.money.deltas();
+        assert_eq!(available_delta + reserved_delta, -amount.to_decimal());
         for status in [PaymentResultStatus::Failed, PaymentResultStatus::FailedTimeout] {
-            let m = Movement::for_result(status, amount).unwrap();
-            assert_eq!(m.available_delta + m.reserved_delta, Decimal::ZERO);
-            assert!(m.reserved_delta < Decimal::ZERO && m.available_delta > Decimal::ZERO);
+            let (available_delta, reserved_delta) =
+                Movement::for_result(status, amount).unwrap().money.deltas();
+            assert_eq!(available_delta + reserved_delta, Decimal::ZERO);
+            assert!(reserved_delta < Decimal::ZERO && available_delta > Decimal::ZERO);
         }
         assert_eq!(Movement::for_result(PaymentResultStatus::Unknown, amount), None);
     }
