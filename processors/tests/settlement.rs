@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use paystream_processors::consumer::ConsumerError;
 use paystream_processors::dlq;
 use paystream_processors::retry::RetryPolicy;
 use paystream_processors::settlement::{
@@ -698,7 +699,9 @@ async fn a_broken_invariant_stops_settlement_without_skipping_the_record() {
     let metrics = broken.metrics.clone();
     let error = join(broken.task).await.expect_err("settlement must stop on a broken invariant");
     match &error {
-        SettlementError::Apply { source: ApplyError::Invariant(detail), .. } => {
+        SettlementError::Consumer(ConsumerError::Handler {
+            source: ApplyError::Invariant(detail), ..
+        }) => {
             assert!(detail.contains("wallets_reserved_check"), "{detail}");
         }
         other => panic!("expected an invariant error, got {other}"),
@@ -855,7 +858,11 @@ async fn a_result_that_cannot_be_decoded_yet_is_retried_and_never_skipped() {
     let run = start(exhausting);
     let metrics = run.metrics.clone();
     match join(run.task).await {
-        Err(SettlementError::RetriesExhausted { operation: "decode", attempts: 4, .. }) => {}
+        Err(SettlementError::Consumer(ConsumerError::RetriesExhausted {
+            operation: "decode",
+            attempts: 4,
+            ..
+        })) => {}
         other => panic!("expected the decode retries to run out, got {other:?}"),
     }
     assert_eq!(metrics.retries_total("decode"), 3, "three pauses between four attempts");

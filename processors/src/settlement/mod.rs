@@ -39,8 +39,6 @@ use paystream_schemas::events::{topics, PaymentResult};
 use paystream_stack::postgres;
 use paystream_stack::wait::NotReady;
 use paystream_stack::StackSettings;
-use rdkafka::error::KafkaError;
-use schema_registry_converter::error::SRCError;
 use sqlx::PgPool;
 
 use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler};
@@ -123,70 +121,12 @@ pub enum SettlementError {
     /// The wallet database did not accept connections at start.
     #[error(transparent)]
     DatabaseNotReady(#[from] NotReady),
-    /// Settlement was started on a current-thread runtime.
-    #[error("settlement needs a multi-thread tokio runtime")]
-    Runtime,
-    /// The registry client could not be built (a malformed URL).
-    #[error("schema registry client: {0}")]
-    Registry(#[source] SRCError),
-    /// A Kafka client could not be created or subscribed.
-    #[error("kafka client: {0}")]
-    Kafka(#[source] KafkaError),
-    /// A transient failure outlasted the retry budget. The record's offset is not
-    /// committed: the next run starts from it.
-    #[error("{operation} of {topic}/{partition}@{offset} failed {attempts} times, giving up (offset not committed): {last_error}")]
-    RetriesExhausted {
-        operation: &'static str,
-        topic: String,
-        partition: i32,
-        offset: i64,
-        attempts: u32,
-        last_error: String,
-    },
-    /// The database refused a change for a reason retrying cannot fix and that is not the
-    /// record's own data (a broken invariant, an unexpected error). The record's offset is
-    /// not committed.
-    #[error("applying {topic}/{partition}@{offset}: {source}")]
-    Apply {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        #[source]
-        source: ApplyError,
-    },
-    /// The DLQ refused a dead letter for a reason retrying cannot fix.
-    #[error("dead-lettering {topic}/{partition}@{offset}: {source}")]
-    DeadLetter {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        #[source]
-        source: KafkaError,
-    },
-    /// The final, synchronous offset commit failed; the records after the last
-    /// successful commit will be delivered again (and found to be duplicates).
-    #[error("committing offsets at shutdown: {0}")]
-    Commit(#[source] KafkaError),
-}
-
-impl From<ConsumerError<ApplyError>> for SettlementError {
-    fn from(error: ConsumerError<ApplyError>) -> Self {
-        match error {
-            ConsumerError::Runtime => Self::Runtime,
-            ConsumerError::Registry(error) => Self::Registry(error),
-            ConsumerError::Kafka(error) => Self::Kafka(error),
-            ConsumerError::RetriesExhausted { operation, topic, partition, offset, attempts, last_error } => {
-                Self::RetriesExhausted { operation, topic, partition, offset, attempts, last_error }
-            }
-            ConsumerError::DeadLetter { topic, partition, offset, source } => {
-                Self::DeadLetter { topic, partition, offset, source }
-            }
-            ConsumerError::Handler { topic, partition, offset, source } => {
-                Self::Apply { topic, partition, offset, source }
-            }
-            ConsumerError::Commit(error) => Self::Commit(error),
-        }
-    }
+    /// The consumer loop stopped: a client could not be built, a transient failure outlasted
+    /// the retry budget, the DLQ or the final commit refused, or the database refused a change
+    /// for a reason retrying cannot fix that is not the record's own data (a broken invariant:
+    /// `ConsumerError::Handler` with the `ApplyError`). The record's offset is not committed.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError<ApplyError>),
 }
 
 /// Runs settlement until `shutdown` completes or an error stops it.
