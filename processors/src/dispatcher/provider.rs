@@ -124,6 +124,25 @@ pub struct ProviderClient {
     charges_url: String,
 }
 
+/// The HTTP client every call to the provider goes through (charges, status queries, voids,
+/// refunds): `request_timeout` bounds the whole attempt, connection included — how long one
+/// attempt can hold its partition; redirects are never followed.
+pub(crate) fn http_client(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// The provider's charges collection under `base_url` (`http://127.0.0.1:8090`).
+pub(crate) fn charges_url(base_url: &str) -> String {
+    format!("{}{CHARGES_PATH}", base_url.trim_end_matches('/'))
+}
+
 impl ProviderClient {
     /// A client for the provider at `base_url` (`http://127.0.0.1:8090`).
     pub fn new(
@@ -131,14 +150,7 @@ impl ProviderClient {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // The whole attempt, connection included: the bound on how long one attempt
-            // can hold its partition.
-            .timeout(request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { http, charges_url: format!("{}{CHARGES_PATH}", base_url.trim_end_matches('/')) })
+        Ok(Self { http: http_client(connect_timeout, request_timeout)?, charges_url: charges_url(base_url) })
     }
 
     /// The URL charges go to.

@@ -26,7 +26,7 @@ use paystream_schemas::time;
 use paystream_topology::dlq::truncate;
 use serde_json::{json, Value};
 
-use super::provider::{AttemptError, ANSWER_EXCERPT_BYTES_MAX, CHARGES_PATH};
+use super::provider::{self, AttemptError, ANSWER_EXCERPT_BYTES_MAX};
 use super::{Dispatch, DispatchError, DETAIL_BYTES_MAX};
 use crate::consumer::{Context, Handled, Handler, Stop};
 use crate::dispatcher::dedup::DedupWindow;
@@ -97,12 +97,10 @@ impl RequestClient {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { http, charges_url: format!("{}{CHARGES_PATH}", base_url.trim_end_matches('/')) })
+        Ok(Self {
+            http: provider::http_client(connect_timeout, request_timeout)?,
+            charges_url: provider::charges_url(base_url),
+        })
     }
 
     /// One attempt of `request`.
