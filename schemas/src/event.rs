@@ -117,6 +117,13 @@ impl RecordReader {
         }
     }
 
+    pub fn long(&mut self, field: &'static str) -> Result<i64, ContractError> {
+        match self.take(field)? {
+            Value::Long(n) => Ok(n),
+            other => Err(wrong(field, &other)),
+        }
+    }
+
     /// An enum symbol (readers of older schemas get the enum's default symbol for new ones).
     pub fn symbol(&mut self, field: &'static str) -> Result<String, ContractError> {
         match self.take(field)? {

@@ -27,6 +27,10 @@ pub mod topics {
     pub const PAYMENTS_PROVIDER_REQUESTS: &str = "payments.provider-requests";
     /// Discrepancies between the provider's ledger and paystream's, and what was done.
     pub const PAYMENTS_RECONCILIATION: &str = "payments.reconciliation";
+    /// The read side's current view of every payment (compacted: the latest per key).
+    pub const PAYMENTS_VIEW: &str = "payments.view";
+    /// Every payment's history as the view applied it (upserted by paymentId and seq).
+    pub const PAYMENTS_TIMELINE: &str = "payments.timeline";
 }
 
 /// Implements the contract half of [`Event`]: the embedded `.avsc`, its topic, the parsed schema.
@@ -160,6 +164,28 @@ fn optional_timestamp(r: &mut RecordReader, field: &'static str) -> Result<Optio
             .ok_or(ContractError::OutOfRange { field, value: micros.to_string() }),
         Some(other) => Err(ContractError::WrongType { field, found: format!("{other:?}") }),
     }
+}
+
+/// A nullable `string`.
+fn optional_string(r: &mut RecordReader, field: &'static str) -> Result<Option<String>, ContractError> {
+    match non_null(r, field)? {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(ContractError::WrongType { field, found: format!("{other:?}") }),
+    }
+}
+
+/// A nullable `decimal` amount.
+fn optional_amount(r: &mut RecordReader, field: &'static str) -> Result<Option<Amount>, ContractError> {
+    let bytes = match non_null(r, field)? {
+        None => return Ok(None),
+        Some(Value::Decimal(d)) => {
+            Vec::<u8>::try_from(d).map_err(|e| ContractError::WrongType { field, found: e.to_string() })?
+        }
+        Some(Value::Bytes(b)) => b,
+        Some(other) => return Err(ContractError::WrongType { field, found: format!("{other:?}") }),
+    };
+    Amount::from_avro_bytes(&bytes).map(Some).map_err(|source| ContractError::Amount { field, source })
 }
 
 /// A nullable `uuid`.
@@ -614,6 +640,114 @@ impl Event for ReconciliationEvent {
             refund_request_id: optional_uuid(&mut r, "refundRequestId")?,
             evidence: r.string("evidence")?,
             detected_at: r.timestamp("detectedAt")?,
+        })
+    }
+}
+
+/// The read side's view of one payment (`PaymentView.avsc`), folded from the payment topics by
+/// the payment view topology. Fields not known yet (a result before its PaymentInitiated) are
+/// `None`; `status` is a string so that a state added later reaches old readers as itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentView {
+    pub payment_id: Uuid,
+    pub wallet_id: Option<Uuid>,
+    pub amount: Option<Amount>,
+    pub currency: Option<String>,
+    pub kind: Option<String>,
+    pub description: Option<String>,
+    /// NEW, SENT, VERIFYING, VOIDING, REFUNDING, COMPLETED, FAILED, FAILED_TIMEOUT, RECONCILED.
+    pub status: String,
+    pub reason: Option<String>,
+    /// PaymentInitiated's `initiatedAt`.
+    pub created_at: Option<Timestamp>,
+    /// The latest own time of the events applied (a replay writes the same value).
+    pub updated_at: Timestamp,
+    /// How many distinct events were applied.
+    pub version: i64,
+    pub result_id: Option<Uuid>,
+    /// The W3C trace id (from a `traceparent` header) of the payment's events.
+    pub trace_id: Option<String>,
+}
+
+impl Event for PaymentView {
+    contract!("PaymentView", topics::PAYMENTS_VIEW);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("walletId", nullable(self.wallet_id.map(avro::uuid))),
+            ("amount", nullable(self.amount.map(avro::amount))),
+            ("currency", nullable(self.currency.as_deref().map(avro::string))),
+            ("kind", nullable(self.kind.as_deref().map(avro::string))),
+            ("description", nullable(self.description.as_deref().map(avro::string))),
+            ("status", avro::string(&self.status)),
+            ("reason", nullable(self.reason.as_deref().map(avro::string))),
+            ("createdAt", nullable(self.created_at.map(avro::timestamp))),
+            ("updatedAt", avro::timestamp(self.updated_at)),
+            ("version", Value::Long(self.version)),
+            ("resultId", nullable(self.result_id.map(avro::uuid))),
+            ("traceId", nullable(self.trace_id.as_deref().map(avro::string))),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            payment_id: r.uuid("paymentId")?,
+            wallet_id: optional_uuid(&mut r, "walletId")?,
+            amount: optional_amount(&mut r, "amount")?,
+            currency: optional_string(&mut r, "currency")?,
+            kind: optional_string(&mut r, "kind")?,
+            description: optional_string(&mut r, "description")?,
+            status: r.string("status")?,
+            reason: optional_string(&mut r, "reason")?,
+            created_at: optional_timestamp(&mut r, "createdAt")?,
+            updated_at: r.timestamp("updatedAt")?,
+            version: r.long("version")?,
+            result_id: optional_uuid(&mut r, "resultId")?,
+            trace_id: optional_string(&mut r, "traceId")?,
+        })
+    }
+}
+
+/// One event of a payment's history (`PaymentTimelineEvent.avsc`); the read database upserts
+/// it by (paymentId, seq).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentTimelineEvent {
+    pub payment_id: Uuid,
+    /// 1, 2, 3, ... per payment.
+    pub seq: i32,
+    /// INITIATED, DISPATCHED, PROVIDER_ANSWER, CALLBACK, TIMER, RECONCILIATION, RESULT.
+    pub kind: String,
+    pub detail: String,
+    /// The event's own time.
+    pub at: Timestamp,
+    pub trace_id: Option<String>,
+}
+
+impl Event for PaymentTimelineEvent {
+    contract!("PaymentTimelineEvent", topics::PAYMENTS_TIMELINE);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("seq", Value::Int(self.seq)),
+            ("kind", avro::string(&self.kind)),
+            ("detail", avro::string(&self.detail)),
+            ("at", avro::timestamp(self.at)),
+            ("traceId", nullable(self.trace_id.as_deref().map(avro::string))),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            payment_id: r.uuid("paymentId")?,
+            seq: r.int("seq")?,
+            kind: r.string("kind")?,
+            detail: r.string("detail")?,
+            at: r.timestamp("at")?,
+            trace_id: optional_string(&mut r, "traceId")?,
         })
     }
 }

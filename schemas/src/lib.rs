@@ -15,6 +15,7 @@
 //! - [`events`]: the contracts themselves (PaymentInitiated, ProviderCallbackReceived,
 //!   PaymentResult, ChargeCommand, DispatchOutcome, TimerEvent, ProviderRequest,
 //!   ReconciliationEvent).
+//!   The read side's contracts, PaymentView and PaymentTimelineEvent, are there too.
 //! - [`wire`]: the Confluent framing, parsed without trusting the input.
 //! - [`codec`]: encode and decode events through the registry (`schema_registry_converter`),
 //!   resolving every record to the schema this binary was built with.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::event::Event;
+use crate::events::{PaymentTimelineEvent, PaymentView};
 use crate::events::{
     ChargeCommand, DispatchOutcome, PaymentInitiated, PaymentResult, ProviderCallbackReceived,
     ProviderRequest, ReconciliationEvent, TimerEvent,
@@ -111,6 +112,8 @@ pub fn catalog() -> Vec<Contract> {
         entry::<TimerEvent>("TimerEvent"),
         entry::<ProviderRequest>("ProviderRequest"),
         entry::<ReconciliationEvent>("ReconciliationEvent"),
+        entry::<PaymentView>("PaymentView"),
+        entry::<PaymentTimelineEvent>("PaymentTimelineEvent"),
     ]
 }
 

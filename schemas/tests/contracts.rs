@@ -217,3 +217,32 @@ fn a_record_that_breaks_the_contract_is_a_typed_error() {
     let error = PaymentResult::from_avro(value).unwrap_err();
     assert_eq!(error.to_string(), "field reason is missing");
 }
+
+proptest! {
+    /// The read side's contracts, with every nullable field both null and set.
+    #[test]
+    fn payment_views_and_timeline_events_round_trip(
+        ids in (uuid(), uuid(), uuid()), amount in amount(), text in text(), at in (timestamp(), timestamp()),
+        known in any::<bool>(), version in 1..i64::MAX, seq in 1..i32::MAX,
+        trace in proptest::option::of("[0-9a-f]{32}"),
+    ) {
+        round_trip(&PaymentView {
+            payment_id: ids.0,
+            wallet_id: known.then_some(ids.1),
+            amount: known.then_some(amount),
+            currency: known.then(|| "RUB".to_owned()),
+            kind: known.then(|| text.clone()),
+            description: known.then(|| text.clone()),
+            status: "COMPLETED".into(),
+            reason: (!known).then(|| text.clone()),
+            created_at: known.then_some(at.0),
+            updated_at: at.1,
+            version,
+            result_id: (!known).then_some(ids.2),
+            trace_id: trace.clone(),
+        });
+        round_trip(&PaymentTimelineEvent {
+            payment_id: ids.0, seq, kind: "RESULT".into(), detail: text, at: at.0, trace_id: trace,
+        });
+    }
+}

@@ -130,6 +130,10 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::new("payments.provider-requests", partitions).with_config("retention.ms", WEEK_MS),
         // Audited like the results: every discrepancy with the provider's ledger.
         TopicSpec::new("payments.reconciliation", partitions).with_config("retention.ms", MONTH_MS),
+        // The read side: the latest view of every payment (compacted, so a new read database
+        // can be filled from the beginning) and every payment's history, upserted by (paymentId, seq).
+        TopicSpec::new("payments.view", partitions).with_config("cleanup.policy", "compact"),
+        TopicSpec::new("payments.timeline", partitions).with_config("retention.ms", MONTH_MS),
     ]
 }
 
