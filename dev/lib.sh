@@ -43,6 +43,14 @@ REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7
 REGISTRY_HEALTH_URL=http://127.0.0.1:9081/health/ready
 PG_HOST=127.0.0.1
 PG_PORT=5432
+# Jaeger (traces): dev/install builds it into the cache, dev/up starts it. Every paystream process
+# exports its spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (cli/src/telemetry.rs).
+JAEGER_VERSION=v1.76.0
+JAEGER_DIR="$PAYSTREAM_CACHE/jaeger"
+JAEGER_BIN="$JAEGER_DIR/jaeger-$JAEGER_VERSION"
+JAEGER_UI_URL=http://127.0.0.1:16686
+JAEGER_OTLP_HTTP_URL=http://127.0.0.1:4318
+export OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT-$JAEGER_OTLP_HTTP_URL}"
 
 # The secrets below are published in this repository, so the services refuse them unless dev
 # mode says this is a development machine (api/src/secrets.rs); every dev/ script runs in it.
@@ -59,6 +67,7 @@ KAFKA_START_TIMEOUT_S="${KAFKA_START_TIMEOUT_S:-90}"
 CONNECT_START_TIMEOUT_S="${CONNECT_START_TIMEOUT_S:-150}"
 PG_START_TIMEOUT_S="${PG_START_TIMEOUT_S:-60}"
 REGISTRY_START_TIMEOUT_S="${REGISTRY_START_TIMEOUT_S:-120}"
+JAEGER_START_TIMEOUT_S="${JAEGER_START_TIMEOUT_S:-60}"
 STOP_TIMEOUT_S="${STOP_TIMEOUT_S:-30}"
 
 SUDO=""
