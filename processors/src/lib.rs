@@ -26,7 +26,9 @@
 //!   timer processor (logic done and tested on the test driver; binaries and end-to-end tests
 //!   come next).
 //!
-//! Still to come: the payment view.
+//! - [`view`]: the payment view on `topology/`: every payment's events folded, in any order and
+//!   any number of times, into one `PaymentView` (compacted `payments.view`) and its timeline
+//!   (`payments.timeline`); `paystream view rebuild` replays it from the beginning.
 
 pub mod consumer;
 pub mod dispatcher;
@@ -35,3 +37,4 @@ pub mod retry;
 pub mod saga;
 pub mod settlement;
 pub mod shutdown;
+pub mod view;
