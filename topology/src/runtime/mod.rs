@@ -3,14 +3,26 @@
 //! them when they move, and shuts down cleanly.
 //!
 //! One stream thread per instance (Kafka Streams' `num.stream.threads = 1`); run more instances
-//! with the same `application_id` to scale out. See `thread.rs` for the loop and why each step is
-//! ordered as it is.
+//! with the same `application_id` to scale out.
+//!
+//! The pieces carry Kafka Streams' names, so that a reader who knows Kafka Streams finds each job
+//! where they expect it, and each file has one job:
+//! - `stream_thread.rs`: the loop (poll, process, punctuate, commit) and the rebalance callbacks;
+//! - `task_manager.rs`: the owned tasks' life cycle (assign, revoke, open, close);
+//! - `state_directory.rs`: task directories, checkpoints, the instance id, wipes;
+//! - `restore.rs`: reading a changelog back into a store;
+//! - `producer.rs`: the transactional producer and the classes of its failures;
+//! - `commit.rs`: commit and recovery;
+//! - `clients.rs` and `admin.rs`: the Kafka clients' settings and topic administration.
 
 mod admin;
-pub mod checkpoint;
 mod clients;
+mod commit;
+mod producer;
 pub mod restore;
-mod thread;
+pub mod state_directory;
+mod stream_thread;
+mod task_manager;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -223,10 +235,9 @@ impl Streams {
         V: Clone + Send + 'static,
     {
         let app_dir = config.app_dir();
-        std::fs::create_dir_all(&app_dir)
-            .map_err(|source| StreamsError::StateDir { path: app_dir.clone(), source })?;
+        state_directory::create_app_dir(&app_dir)?;
         if config.instance_id.is_none() {
-            config.instance_id = Some(instance_id(&app_dir)?);
+            config.instance_id = Some(state_directory::instance_id(&app_dir)?);
         }
         let counts = admin::partition_counts(&config, &topology.source_topics())?;
         let partitions = admin::copartitioned(&counts)?;
@@ -247,7 +258,7 @@ impl Streams {
         let stores = topology.stores().iter().map(|s| s.name.clone()).collect();
         let source_topic = topology.source_topics().into_iter().next().unwrap_or_default();
         let thread = {
-            let env = thread::Env {
+            let env = stream_thread::Env {
                 topology,
                 config: config.clone(),
                 metrics: metrics.clone(),
@@ -257,7 +268,7 @@ impl Streams {
             };
             std::thread::Builder::new()
                 .name(format!("{}-stream", config.application_id))
-                .spawn(move || thread::run(env))
+                .spawn(move || stream_thread::run(env))
                 .map_err(|source| StreamsError::StateDir { path: app_dir, source })?
         };
         Ok(Self {
@@ -398,20 +409,6 @@ impl Drop for Streams {
         if let Some(thread) = self.thread.take() {
             self.shutdown.store(true, Ordering::SeqCst);
             let _ = thread.join();
-        }
-    }
-}
-
-/// The instance id kept in `<app_dir>/instance-id`, created on first start.
-fn instance_id(app_dir: &Path) -> Result<String, StreamsError> {
-    let path = app_dir.join("instance-id");
-    let io = |source| StreamsError::StateDir { path: path.clone(), source };
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        _ => {
-            let id = uuid::Uuid::new_v4().to_string();
-            std::fs::write(&path, &id).map_err(io)?;
-            Ok(id)
         }
     }
 }
