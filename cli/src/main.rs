@@ -19,6 +19,7 @@ mod settle;
 mod shutdown;
 mod token;
 mod topics;
+mod view;
 
 use clap::{Parser, Subcommand};
 use paystream_stack::StackSettings;
@@ -66,6 +67,8 @@ enum Command {
     /// Debezium connectors in Kafka Connect.
     #[command(subcommand)]
     Connect(connect::Command),
+    /// The payment view: payment topics → PaymentView (payments.view) and timeline; `rebuild` replays it.
+    View(view::Args),
 }
 
 #[tokio::main]
@@ -94,5 +97,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Chaos(args) => chaos::run(&settings, args).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
+        Command::View(args) => view::run(&settings, args).await,
     }
 }
