@@ -31,6 +31,9 @@ pub mod topics {
     pub const PAYMENTS_VIEW: &str = "payments.view";
     /// Every payment's history as the view applied it (upserted by paymentId and seq).
     pub const PAYMENTS_TIMELINE: &str = "payments.timeline";
+    /// Owners' requests to cancel a payment, from the wallet outbox (co-partitioned with the
+    /// saga's other inputs).
+    pub const PAYMENTS_CANCEL_REQUESTS: &str = "payments.cancel-requests";
 }
 
 /// Implements the contract half of [`Event`]: the embedded `.avsc`, its topic, the parsed schema.
@@ -94,6 +97,7 @@ avro_enum!(
         Completed => "COMPLETED",
         Failed => "FAILED",
         FailedTimeout => "FAILED_TIMEOUT",
+        Canceled => "CANCELED",
     }
 );
 avro_enum!(
@@ -337,6 +341,41 @@ impl Event for PaymentResult {
             status: PaymentResultStatus::from_symbol(&r.symbol("status")?),
             reason: r.string("reason")?,
             decided_at: r.timestamp("decidedAt")?,
+        })
+    }
+}
+
+/// The owner asked to cancel a payment (`PaymentCancelRequested.avsc`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentCancelRequested {
+    pub event_id: Uuid,
+    pub payment_id: Uuid,
+    pub user_id: Uuid,
+    pub reason: String,
+    pub requested_at: Timestamp,
+}
+
+impl Event for PaymentCancelRequested {
+    contract!("PaymentCancelRequested", topics::PAYMENTS_CANCEL_REQUESTS);
+
+    fn to_avro(&self) -> Value {
+        avro::record(vec![
+            ("eventId", avro::uuid(self.event_id)),
+            ("paymentId", avro::uuid(self.payment_id)),
+            ("userId", avro::uuid(self.user_id)),
+            ("reason", avro::string(&self.reason)),
+            ("requestedAt", avro::timestamp(self.requested_at)),
+        ])
+    }
+
+    fn from_avro(value: Value) -> Result<Self, ContractError> {
+        let mut r = RecordReader::new(value)?;
+        Ok(Self {
+            event_id: r.uuid("eventId")?,
+            payment_id: r.uuid("paymentId")?,
+            user_id: r.uuid("userId")?,
+            reason: r.string("reason")?,
+            requested_at: r.timestamp("requestedAt")?,
         })
     }
 }

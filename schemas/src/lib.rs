@@ -14,7 +14,7 @@
 //!   Avro record into typed fields with errors that name the field.
 //! - [`events`]: the contracts themselves (PaymentInitiated, ProviderCallbackReceived,
 //!   PaymentResult, ChargeCommand, DispatchOutcome, TimerEvent, ProviderRequest,
-//!   ReconciliationEvent).
+//!   ReconciliationEvent, PaymentCancelRequested).
 //!   The read side's contracts, PaymentView and PaymentTimelineEvent, are there too.
 //! - [`wire`]: the Confluent framing, parsed without trusting the input.
 //! - [`codec`]: encode and decode events through the registry (`schema_registry_converter`),

@@ -12,8 +12,8 @@ use serde_json::json;
 use crate::event::Event;
 use crate::events::{PaymentTimelineEvent, PaymentView};
 use crate::events::{
-    ChargeCommand, DispatchOutcome, PaymentInitiated, PaymentResult, ProviderCallbackReceived,
-    ProviderRequest, ReconciliationEvent, TimerEvent,
+    ChargeCommand, DispatchOutcome, PaymentCancelRequested, PaymentInitiated, PaymentResult,
+    ProviderCallbackReceived, ProviderRequest, ReconciliationEvent, TimerEvent,
 };
 
 /// How long one admin request may take.
@@ -115,6 +115,7 @@ pub fn catalog() -> Vec<Contract> {
         entry::<PaymentView>("PaymentView"),
         entry::<PaymentTimelineEvent>("PaymentTimelineEvent"),
     ]
+        entry::<PaymentCancelRequested>("PaymentCancelRequested"),
 }
 
 /// A client for the registry's Confluent REST API.

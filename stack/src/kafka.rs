@@ -134,6 +134,8 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
         // can be filled from the beginning) and every payment's history, upserted by (paymentId, seq).
         TopicSpec::new("payments.view", partitions).with_config("cleanup.policy", "compact"),
         TopicSpec::new("payments.timeline", partitions).with_config("retention.ms", MONTH_MS),
+        // Owners' cancel requests, a saga input like payments.initiated.
+        TopicSpec::new("payments.cancel-requests", partitions).with_config("retention.ms", WEEK_MS),
     ]
 }
 

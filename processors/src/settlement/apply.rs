@@ -8,7 +8,7 @@
 //! | result | wallet | row |
 //! |---|---|---|
 //! | COMPLETED | [`paystream_wallet::confirm`]: `reserved −= amount` | `COMPLETED` |
-//! | FAILED, FAILED_TIMEOUT | [`paystream_wallet::compensate`]: `available += amount`, `reserved −= amount` | `CANCELLED`, with the reason |
+//! | FAILED, FAILED_TIMEOUT, CANCELED | [`paystream_wallet::compensate`]: `available += amount`, `reserved −= amount` | `CANCELLED`, with the reason (`result_status` tells an owner's cancel from a failure) |
 //!
 //! The row's `payment_result_id` is the dedup key: it is set in the same transaction that
 //! moves the money, so a redelivered result finds it set and changes nothing. That also
@@ -253,7 +253,7 @@ impl Movement {
             PaymentResultStatus::Completed => {
                 Some(Self { money: Confirm(amount), settled: SettledStatus::Completed })
             }
-            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout => {
+            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout | PaymentResultStatus::Canceled => {
                 Some(Self { money: Compensate(amount), settled: SettledStatus::Cancelled })
             }
             PaymentResultStatus::Unknown => None,
