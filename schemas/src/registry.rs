@@ -114,8 +114,8 @@ pub fn catalog() -> Vec<Contract> {
         entry::<ReconciliationEvent>("ReconciliationEvent"),
         entry::<PaymentView>("PaymentView"),
         entry::<PaymentTimelineEvent>("PaymentTimelineEvent"),
-    ]
         entry::<PaymentCancelRequested>("PaymentCancelRequested"),
+    ]
 }
 
 /// A client for the registry's Confluent REST API.
