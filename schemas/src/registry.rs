@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::event::Event;
-use crate::events::{PaymentTimelineEvent, PaymentView};
 use crate::events::{
     ChargeCommand, DispatchOutcome, PaymentCancelRequested, PaymentInitiated, PaymentResult,
     ProviderCallbackReceived, ProviderRequest, ReconciliationEvent, TimerEvent,
 };
+use crate::events::{PaymentTimelineEvent, PaymentView};
 
 /// How long one admin request may take.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
