@@ -9,9 +9,9 @@ use paystream_processors::saga::processor::{
 };
 use paystream_processors::saga::timers;
 use paystream_schemas::events::{
-    topics, Discrepancy, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult,
-    PaymentResultStatus, ProviderAction, ProviderCallbackReceived, ProviderRequest, ProviderStatus,
-    ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
+    topics, Discrepancy, DispatchOutcome, DispatchResult, PaymentCancelRequested, PaymentInitiated,
+    PaymentResult, PaymentResultStatus, ProviderAction, ProviderCallbackReceived, ProviderRequest,
+    ProviderStatus, ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
 use paystream_topology::{ErrorPolicy, TopologyTestDriver};
@@ -41,6 +41,7 @@ fn pipe(driver: &mut TopologyTestDriver<Uuid, SagaEvent>, id: Uuid, event: SagaE
         SagaEvent::Callback(_) => topics::PAYMENTS_CALLBACKS,
         SagaEvent::Outcome(_) => topics::PAYMENTS_DISPATCH_OUTCOMES,
         SagaEvent::Timer(_) => topics::PAYMENTS_TIMERS,
+        SagaEvent::CancelRequested(_) => topics::PAYMENTS_CANCEL_REQUESTS,
         _ => panic!("not an input"),
     };
     let bytes = AvroDatumCodec.encode(&event).unwrap();
@@ -168,6 +169,16 @@ fn outcome(id: Uuid, outcome: DispatchResult) -> SagaEvent {
         attempts: 1,
         detail: outcome.symbol().into(),
         decided_at: at(T0_MS),
+    })
+}
+
+fn cancel(id: Uuid) -> SagaEvent {
+    SagaEvent::CancelRequested(PaymentCancelRequested {
+        event_id: Uuid::new_v4(),
+        payment_id: id,
+        user_id: Uuid::new_v4(),
+        reason: "changed my mind".into(),
+        requested_at: at(T0_MS),
     })
 }
 
@@ -570,4 +581,97 @@ fn timers_fire_once_when_due_and_not_before() {
     driver.restart_from_changelogs().unwrap();
     driver.advance_wall_clock(Duration::from_secs(6)).unwrap();
     assert_eq!(driver.read_all(topics::PAYMENTS_TIMERS).len(), 1, "the timer survived the restart");
+}
+
+/// Issue 16: a cancel while NEW voids the key; a confirmed void ends the payment CANCELED with
+/// its one result, and the charge that reaches the provider afterwards (refused for good: 410,
+/// REJECTED) and the timer change nothing. The same cancel again is a duplicate.
+#[test]
+fn a_cancel_while_new_voids_the_key_and_ends_in_one_canceled_result() {
+    let (mut driver, metrics) = saga();
+    let (id, wallet) = (Uuid::new_v4(), Uuid::new_v4());
+    pipe(&mut driver, id, initiated(id, wallet));
+    let _ = driver.read_all(topics::PAYMENTS_PROVIDER_COMMANDS);
+    pipe(&mut driver, id, cancel(id));
+    let void = one_request(&mut driver);
+    assert!(
+        matches!(&void.action, ProviderAction::Void { reason } if reason == "changed my mind"),
+        "{void:?}"
+    );
+    pipe(&mut driver, id, cancel(id));
+    assert!(requests(&mut driver).is_empty(), "the same cancel twice: one void");
+    assert!(results(&mut driver).is_empty(), "no result before the provider confirms the void");
+    pipe(&mut driver, id, answer(&void, DispatchResult::Voided));
+    pipe(&mut driver, id, outcome(id, DispatchResult::Rejected));
+    pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
+    pipe(&mut driver, id, cancel(id));
+    let done = results(&mut driver);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].status, PaymentResultStatus::Canceled);
+    assert_eq!(done[0].payment_result_id, PaymentResult::id_for(id, PaymentResultStatus::Canceled));
+    assert_eq!((done[0].wallet_id, done[0].amount.minor()), (wallet, 12_345));
+    assert!(
+        done[0].reason.contains("changed my mind") && done[0].reason.contains("voided"),
+        "{}",
+        done[0].reason
+    );
+    assert_eq!(metrics.results.with_label_values(&["CANCELED"]).get(), 1);
+    assert_eq!(metrics.signals.with_label_values(&["cancel_requested", "duplicate"]).get(), 1);
+    assert_eq!(metrics.signals.with_label_values(&["cancel_requested", "absorbed"]).get(), 1);
+}
+
+/// Once the charge is out, the void is refused as already charged: the payment completes and
+/// the cancel is refused; a status query that was out is replaced by the cancel's void.
+#[test]
+fn a_cancel_after_the_charge_completes_when_the_provider_already_charged() {
+    let (mut driver, _) = saga();
+    let id = Uuid::new_v4();
+    pipe(&mut driver, id, initiated(id, Uuid::new_v4()));
+    pipe(&mut driver, id, outcome(id, DispatchResult::Accepted));
+    pipe(&mut driver, id, fired(id, TimerKind::PaymentTimeout));
+    let query = one_request(&mut driver);
+    assert!(matches!(query.action, ProviderAction::StatusQuery { .. }), "{query:?}");
+    pipe(&mut driver, id, cancel(id));
+    let void = one_request(&mut driver);
+    assert!(matches!(void.action, ProviderAction::Void { .. }), "{void:?}");
+    pipe(&mut driver, id, answer(&query, DispatchResult::NotCharged));
+    assert!(
+        requests(&mut driver).is_empty() && results(&mut driver).is_empty(),
+        "the query's answer is stale"
+    );
+    pipe(&mut driver, id, answer(&void, DispatchResult::Pending));
+    assert!(results(&mut driver).is_empty(), "a pending charge: ask again later");
+    let retry = scheduled(&mut driver).into_iter().find(|t| t.kind == TimerKind::VerifyRetry).unwrap();
+    pipe(&mut driver, id, fire(&retry));
+    let again = one_request(&mut driver);
+    assert!(matches!(again.action, ProviderAction::Void { .. }), "{again:?}");
+    pipe(&mut driver, id, answer(&again, DispatchResult::Charged));
+    let done = results(&mut driver);
+    assert_eq!(done.iter().map(|r| r.status).collect::<Vec<_>>(), vec![PaymentResultStatus::Completed]);
+}
+
+/// A cancel that arrives before its payment is kept, and applied once the payment appears; the
+/// provider's callback decides over a cancel whose void is out.
+#[test]
+fn an_early_cancel_is_kept_and_a_callback_beats_a_cancel_in_flight() {
+    let (mut driver, _) = saga();
+    let (early, raced) = (Uuid::new_v4(), Uuid::new_v4());
+    pipe(&mut driver, early, cancel(early));
+    assert!(requests(&mut driver).is_empty());
+    pipe(&mut driver, early, initiated(early, Uuid::new_v4()));
+    let void = one_request(&mut driver);
+    assert_eq!(void.payment_id, early);
+    pipe(&mut driver, early, answer(&void, DispatchResult::Voided));
+
+    pipe(&mut driver, raced, initiated(raced, Uuid::new_v4()));
+    pipe(&mut driver, raced, outcome(raced, DispatchResult::Accepted));
+    pipe(&mut driver, raced, cancel(raced));
+    let raced_void = one_request(&mut driver);
+    pipe(&mut driver, raced, callback(raced, ProviderStatus::Succeeded));
+    pipe(&mut driver, raced, answer(&raced_void, DispatchResult::Charged));
+    let done = results(&mut driver);
+    assert_eq!(
+        done.iter().map(|r| (r.payment_id, r.status)).collect::<Vec<_>>(),
+        vec![(early, PaymentResultStatus::Canceled), (raced, PaymentResultStatus::Completed)]
+    );
 }

@@ -15,7 +15,11 @@
 //! - the saga never decides a failure while the provider could still charge the key (only the
 //!   provider's own FAILED, which a reordered stale event can make wrong, may end it so);
 //! - the provider's final ledger agrees with the result: charged ⇔ COMPLETED, or the charge was
-//!   refunded after a failure, with exactly one reconciliation event.
+//!   refunded after a failure, with exactly one reconciliation event;
+//! - the owner's cancel (issue 16), sent at any moment, once or twice, races every callback, timer
+//!   and dispatch outcome: the payment still ends in exactly one terminal state with exactly one
+//!   result, CANCELED only with a ledger that never charged (voided or declined) or refunded, and
+//!   money is conserved: what left the wallet is what the provider keeps.
 
 use std::collections::VecDeque;
 
@@ -58,6 +62,8 @@ enum Delivery {
     Callback(Signal),
     PaymentTimer,
     RetryTimer(u32),
+    /// The owner's cancel (payments.cancel-requests).
+    Cancel,
 }
 
 /// The saga, reduced to what the processor keeps besides the table.
@@ -87,6 +93,8 @@ struct World {
     outcomes: VecDeque<Delivery>,
     callbacks: VecDeque<Delivery>,
     timers: VecDeque<Delivery>,
+    /// The owner's cancels on their topic.
+    cancels: VecDeque<Delivery>,
     /// The callbacks the provider will send once the pending charge is decided.
     callback_fate: u8,
     /// Set when a result is published while the ledger could still charge.
@@ -106,6 +114,7 @@ impl World {
             outcomes: VecDeque::new(),
             callbacks: VecDeque::new(),
             timers: VecDeque::new(),
+            cancels: VecDeque::new(),
             callback_fate,
             released_while_chargeable: None,
             callbacks_reordered: false,
@@ -175,6 +184,7 @@ impl World {
         match delivery {
             Delivery::ChargeOutcome(signal) | Delivery::Callback(signal) => self.signal(signal),
             Delivery::PaymentTimer => self.signal(Signal::TimerFired),
+            Delivery::Cancel => self.signal(Signal::CancelRequested),
             Delivery::Answer { id, signal } => {
                 if self.saga.outstanding == Some(id) {
                     self.saga.outstanding = None;
@@ -247,7 +257,7 @@ impl World {
     /// One step chosen by `choice` (and `detail` for its variant); false when the step is not
     /// possible now.
     fn step(&mut self, choice: u8, detail: u8) -> bool {
-        match choice % 9 {
+        match choice % 11 {
             // The dispatcher takes the charge command (and may crash, leaving it on the topic).
             0 => {
                 if self.charge_queue.pop_front().is_none() {
@@ -314,6 +324,15 @@ impl World {
                 }
                 None => false,
             },
+            // The owner asks to cancel (once, or twice: the same request again).
+            8 => {
+                if self.cancels.len() >= 2 {
+                    return false;
+                }
+                self.cancels.push_back(Delivery::Cancel);
+                true
+            }
+            9 => self.pop(Queue::Cancels),
             // A charge attempt from a dispatcher that ignores deadlines (or an old one).
             _ => {
                 if self.saga.status.is_none() {
@@ -330,6 +349,7 @@ impl World {
             Queue::Outcomes => self.outcomes.pop_front(),
             Queue::Callbacks => self.callbacks.pop_front(),
             Queue::Timers => self.timers.pop_front(),
+            Queue::Cancels => self.cancels.pop_front(),
         };
         match next {
             Some(delivery) => {
@@ -359,7 +379,7 @@ impl World {
                 self.outcomes.push_back(Delivery::Answer { id, signal });
                 moved = true;
             }
-            for queue in [Queue::Outcomes, Queue::Callbacks, Queue::Timers] {
+            for queue in [Queue::Outcomes, Queue::Callbacks, Queue::Timers, Queue::Cancels] {
                 while self.pop(queue) {
                     moved = true;
                 }
@@ -377,6 +397,7 @@ enum Queue {
     Outcomes,
     Callbacks,
     Timers,
+    Cancels,
 }
 
 proptest! {
@@ -409,6 +430,27 @@ proptest! {
             _ => prop_assert_ne!(result, PaymentResultStatus::Completed, "{:?}", world),
         }
         prop_assert!(saga.reconciliations <= 1, "{:?}", world);
+        // Exactly one terminal state, and it is the result's (or the refund of a late charge).
+        let status = saga.status.unwrap();
+        prop_assert!(status.has_result(), "{:?}", world);
+        prop_assert!(
+            status.result_status() == Some(result) || matches!(status, PaymentStatus::Refunding | PaymentStatus::Reconciled),
+            "terminal {:?} with result {:?}: {:?}", status, result, world
+        );
+        // A cancel only ever ends a payment the provider never charged (or refunded).
+        if result == PaymentResultStatus::Canceled {
+            prop_assert!(
+                matches!(world.ledger, Ledger::Voided | Ledger::Declined | Ledger::Refunded),
+                "CANCELED with ledger {:?}: {:?}", world.ledger, world
+            );
+        }
+        // Money is conserved: the one unit reserved either left the wallet (COMPLETED) and the
+        // provider keeps it, or came back to the wallet and the provider keeps nothing.
+        let wallet_paid = u8::from(result == PaymentResultStatus::Completed);
+        let provider_kept = u8::from(world.ledger == Ledger::Succeeded);
+        if !world.callbacks_reordered {
+            prop_assert_eq!(wallet_paid, provider_kept, "{:?}", world);
+        }
         prop_assert!(saga.outstanding.is_none() && world.requests.is_empty(), "nothing left to ask: {:?}", world);
     }
 }
@@ -441,6 +483,8 @@ fn the_model_reaches_every_ending() {
         "Failed by Voided, ledger Voided",
         "Failed by ProviderFailed, ledger Declined",
         "Failed by ProviderFailed, ledger Refunded",
+        "Canceled by Voided, ledger Voided",
+        "Canceled by Voided, ledger Declined",
     ] {
         assert!(seen.contains(ending), "never reached: {ending}; reached: {seen:#?}");
     }

@@ -59,6 +59,7 @@ impl SagaCodec for RegistryCodec {
                     Input::Callback => codec.decode(bytes).await.map(SagaEvent::Callback),
                     Input::Outcome => codec.decode(bytes).await.map(SagaEvent::Outcome),
                     Input::Timer => codec.decode(bytes).await.map(SagaEvent::Timer),
+                    Input::CancelRequested => codec.decode(bytes).await.map(SagaEvent::CancelRequested),
                 }
             })
             .map_err(decode_error)
@@ -73,6 +74,7 @@ impl SagaCodec for RegistryCodec {
                     SagaEvent::Callback(e) => codec.encode(e).await,
                     SagaEvent::Outcome(e) => codec.encode(e).await,
                     SagaEvent::Timer(e) => codec.encode(e).await,
+                    SagaEvent::CancelRequested(e) => codec.encode(e).await,
                     SagaEvent::Charge(e) => codec.encode(e).await,
                     SagaEvent::Request(e) => codec.encode(e).await,
                     SagaEvent::Result(e) => codec.encode(e).await,

@@ -1,4 +1,4 @@
-//! The saga as a topology: four co-partitioned inputs keyed by paymentId, one RocksDB store of
+//! The saga as a topology: five co-partitioned inputs keyed by paymentId, one RocksDB store of
 //! payment state, and five outputs — the charge command, provider requests (status query, void,
 //! refund), timers, exactly one result, and reconciliation events.
 //!
@@ -19,9 +19,9 @@
 use std::time::Duration;
 
 use paystream_schemas::events::{
-    topics, ChargeCommand, Discrepancy, DispatchOutcome, DispatchResult, PaymentInitiated, PaymentResult,
-    PaymentResultStatus, ProviderAction, ProviderCallbackReceived, ProviderRequest, ProviderStatus,
-    ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
+    topics, ChargeCommand, Discrepancy, DispatchOutcome, DispatchResult, PaymentCancelRequested,
+    PaymentInitiated, PaymentResult, PaymentResultStatus, ProviderAction, ProviderCallbackReceived,
+    ProviderRequest, ProviderStatus, ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
 use paystream_topology::topology::Serialized;
@@ -65,6 +65,8 @@ pub enum SagaEvent {
     Outcome(DispatchOutcome),
     /// From and to payments.timers.
     Timer(TimerEvent),
+    /// From payments.cancel-requests.
+    CancelRequested(PaymentCancelRequested),
     /// To payments.provider-commands.
     Charge(ChargeCommand),
     /// To payments.provider-requests.
@@ -83,6 +85,7 @@ impl SagaEvent {
             SagaEvent::Callback(e) => e.payment_id,
             SagaEvent::Outcome(e) => e.payment_id,
             SagaEvent::Timer(e) => e.payment_id,
+            SagaEvent::CancelRequested(e) => e.payment_id,
             SagaEvent::Charge(e) => e.payment_id,
             SagaEvent::Request(e) => e.payment_id,
             SagaEvent::Result(e) => e.payment_id,
@@ -102,6 +105,8 @@ pub enum Input {
     Outcome,
     /// `TimerEvent`.
     Timer,
+    /// `PaymentCancelRequested`.
+    CancelRequested,
 }
 
 /// The topics the saga reads and writes; `Default` is the production names.
@@ -115,6 +120,8 @@ pub struct SagaTopics {
     pub outcomes: String,
     /// TimerEvent in and out.
     pub timers: String,
+    /// PaymentCancelRequested in.
+    pub cancel_requests: String,
     /// ChargeCommand out.
     pub commands: String,
     /// ProviderRequest out (status queries, voids, refunds).
@@ -135,6 +142,7 @@ impl SagaTopics {
             callbacks: name("callbacks"),
             outcomes: name("outcomes"),
             timers: name("timers"),
+            cancel_requests: name("cancel-requests"),
             commands: name("commands"),
             requests: name("requests"),
             results: name("results"),
@@ -150,6 +158,7 @@ impl Default for SagaTopics {
             callbacks: topics::PAYMENTS_CALLBACKS.into(),
             outcomes: topics::PAYMENTS_DISPATCH_OUTCOMES.into(),
             timers: topics::PAYMENTS_TIMERS.into(),
+            cancel_requests: topics::PAYMENTS_CANCEL_REQUESTS.into(),
             commands: topics::PAYMENTS_PROVIDER_COMMANDS.into(),
             requests: topics::PAYMENTS_PROVIDER_REQUESTS.into(),
             results: topics::PAYMENTS_RESULTS.into(),
@@ -333,6 +342,10 @@ struct Stored {
     /// before they were kept.
     published_reason: Option<String>,
     published_at_ms: Option<i64>,
+    /// A cancel that arrived before the payment: its reason.
+    early_cancel: Option<String>,
+    /// The owner's reason, once a cancel was taken up (for the CANCELED result's reason).
+    cancel_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -441,6 +454,9 @@ impl Saga {
                     let result = if signal == Signal::Refunded { "refunded" } else { "not_charged" };
                     self.metrics.refunds.with_label_values(&[result]).inc();
                 }
+                if signal == Signal::CancelRequested {
+                    state.cancel_reason = Some(reason.to_owned());
+                }
                 state.status = Some(to);
                 if to.outstanding_request().is_none() {
                     state.outstanding = None;
@@ -456,10 +472,14 @@ impl Saga {
                 return Ok(decision);
             }
             Decision::KeepForLater => {
-                state.early_callback = Some(EarlyCallback {
-                    succeeded: signal == Signal::ProviderSucceeded,
-                    description: reason.into(),
-                });
+                if signal == Signal::CancelRequested {
+                    state.early_cancel = Some(reason.into());
+                } else {
+                    state.early_callback = Some(EarlyCallback {
+                        succeeded: signal == Signal::ProviderSucceeded,
+                        description: reason.into(),
+                    });
+                }
                 Self::save(ctx, id, &state)?;
                 let timer =
                     (TimerKind::CallbackRetention, Self::timer_id(id, TimerKind::CallbackRetention, None));
@@ -526,6 +546,10 @@ impl Saga {
             return Err(fatal(format!("payment {id} reached a result without being initiated")));
         };
         let reason = match (&state.uncertainty, status) {
+            (_, PaymentResultStatus::Canceled) => format!(
+                "cancelled by its owner ({}); the provider voided the charge ({reason})",
+                state.cancel_reason.as_deref().unwrap_or("no reason given")
+            ),
             (Some(uncertainty), PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout) => {
                 format!("{uncertainty}; the provider holds no charge ({reason})")
             }
@@ -667,6 +691,7 @@ impl Saga {
             description: p.description.clone(),
         });
         let early = state.early_callback.take();
+        let early_cancel = state.early_cancel.take();
         self.apply(ctx, id, state, Signal::Initiated, "", ts)?;
         let command = ChargeCommand {
             command_id: charge_command_id(id),
@@ -685,6 +710,11 @@ impl Saga {
             let signal = if early.succeeded { Signal::ProviderSucceeded } else { Signal::ProviderFailed };
             let state = Self::load(ctx, id)?;
             self.apply(ctx, id, state, signal, &early.description, ts)?;
+        }
+        // After the callback: the provider's verdict decides first, as it would have live.
+        if let Some(reason) = early_cancel {
+            let state = Self::load(ctx, id)?;
+            self.apply(ctx, id, state, Signal::CancelRequested, &reason, ts)?;
         }
         Ok(())
     }
@@ -758,6 +788,12 @@ impl Saga {
                         let status = if early.succeeded { "SUCCEEDED" } else { "FAILED" };
                         self.metrics.expired_callbacks.with_label_values(&[status]).inc();
                         tracing::warn!(payment_id = %id, "a callback's payment never appeared; dropped");
+                    }
+                    if state.early_cancel.is_some() {
+                        self.metrics.expired_callbacks.with_label_values(&["CANCEL"]).inc();
+                        tracing::warn!(payment_id = %id, "a cancel's payment never appeared; dropped");
+                    }
+                    if state.early_callback.is_some() || state.early_cancel.is_some() {
                         ctx.store(STORE)?.delete(id.as_bytes())?;
                     }
                 }
@@ -789,6 +825,12 @@ impl Processor<Uuid, SagaEvent> for Saga {
             }
             SagaEvent::Outcome(o) => self.outcome(ctx, id, o, ts),
             SagaEvent::Timer(t) => self.timer(ctx, id, t, ts),
+            SagaEvent::CancelRequested(c) => {
+                let state = Self::load(ctx, id)?;
+                let reason = if c.reason.is_empty() { "no reason given" } else { c.reason.as_str() };
+                self.apply(ctx, id, state, Signal::CancelRequested, reason, ts)?;
+                Ok(())
+            }
             SagaEvent::Charge(_)
             | SagaEvent::Request(_)
             | SagaEvent::Result(_)
@@ -819,10 +861,15 @@ pub fn topology<C: SagaCodec>(
         .add_source("callbacks", &[&topics.callbacks], deserializer(codec.clone(), Input::Callback))
         .add_source("outcomes", &[&topics.outcomes], deserializer(codec.clone(), Input::Outcome))
         .add_source("timer-events", &[&topics.timers], deserializer(codec.clone(), Input::Timer))
+        .add_source(
+            "cancel-requests",
+            &[&topics.cancel_requests],
+            deserializer(codec.clone(), Input::CancelRequested),
+        )
         .add_processor(
             "saga",
             move || Saga { settings: settings.clone(), metrics: metrics.clone() },
-            &["initiated", "callbacks", "outcomes", "timer-events"],
+            &["initiated", "callbacks", "outcomes", "timer-events", "cancel-requests"],
         )
         .add_state_store(StoreSpec::persistent(STORE), &["saga"])
         .add_sink("commands", &topics.commands, serializer(codec.clone()), &["saga"])
@@ -886,6 +933,7 @@ impl SagaCodec for AvroDatumCodec {
             Input::Callback => SagaEvent::Callback(Self::read(bytes)?),
             Input::Outcome => SagaEvent::Outcome(Self::read(bytes)?),
             Input::Timer => SagaEvent::Timer(Self::read(bytes)?),
+            Input::CancelRequested => SagaEvent::CancelRequested(Self::read(bytes)?),
         })
     }
 
@@ -895,6 +943,7 @@ impl SagaCodec for AvroDatumCodec {
             SagaEvent::Callback(e) => Self::write(e),
             SagaEvent::Outcome(e) => Self::write(e),
             SagaEvent::Timer(e) => Self::write(e),
+            SagaEvent::CancelRequested(e) => Self::write(e),
             SagaEvent::Charge(e) => Self::write(e),
             SagaEvent::Request(e) => Self::write(e),
             SagaEvent::Result(e) => Self::write(e),

@@ -11,7 +11,10 @@
 //!  │        (SENT too, on the timer)                        │ NOT_CHARGED
 //!  └─ EXPIRED (nothing sent by this run) ───────────────▶ VOIDING ──VOIDED──▶ FAILED_TIMEOUT | FAILED
 //!                                                           └─CHARGED (void refused)─▶ COMPLETED
-//! FAILED | FAILED_TIMEOUT ──SUCCEEDED (late)──▶ REFUNDING ──REFUNDED / NOT_CHARGED──▶ RECONCILED
+//! FAILED | FAILED_TIMEOUT | CANCELED ──SUCCEEDED (late)──▶ REFUNDING ──REFUNDED / NOT_CHARGED──▶ RECONCILED
+//!
+//! NEW | SENT | VERIFYING | VOIDING(timeout, dispatch) ──CANCEL_REQUESTED──▶ VOIDING(cancel)
+//!     VOIDING(cancel) ──VOIDED──▶ CANCELED        └─CHARGED (void refused)─▶ COMPLETED (the cancel is refused)
 //! ```
 //!
 //! The states:
@@ -27,6 +30,19 @@
 //! - **REFUNDING**: the provider reported a success after the payment had failed (the wallet was
 //!   already given its money back): a refund is out and a reconciliation event was published.
 //! - **RECONCILED**: the refund is confirmed (or the provider had nothing to refund).
+//! - **CANCELED**: the owner asked to cancel and the provider confirmed by a void that the key
+//!   holds no charge and never will. Has its result.
+//!
+//! A cancel is a void asked for by the owner, so it takes the VOIDING path whatever the charge's
+//! progress: while the charge has not reached the provider, the void makes the key unchargeable
+//! (the charge that follows is refused for good, 410, and its outcome is superseded); once it is
+//! out, the void is either accepted (nothing charged: CANCELED) or refused as already charged
+//! (COMPLETED: a charge the provider keeps is never cancelled on our side only). A status query
+//! or another void that is out is replaced by the cancel's void (a new request id: the earlier
+//! answer is stale). A payment with its result refuses the cancel (absorbed); so does a payment
+//! whose provider's verdict comes first (the callback decides, as always). A cancel that arrives
+//! before its payment (the saga reads the two topics independently) is kept like an early
+//! callback and applied when the payment appears.
 //!
 //! A question that gets no answer (the provider is away, or the charge is still pending) is
 //! asked again after a back-off ([`Decision::RetryLater`], [`Decision::Reissue`]); the
@@ -56,6 +72,8 @@ pub enum Cause {
     Timeout,
     /// The dispatch failed (retries exhausted, refused after retries, expired): FAILED.
     Dispatch,
+    /// The owner asked to cancel: CANCELED.
+    Cancel,
 }
 
 impl Cause {
@@ -64,6 +82,7 @@ impl Cause {
         match self {
             Cause::Timeout => PaymentStatus::FailedTimeout,
             Cause::Dispatch => PaymentStatus::Failed,
+            Cause::Cancel => PaymentStatus::Canceled,
         }
     }
 }
@@ -90,6 +109,9 @@ pub enum PaymentStatus {
     Refunding,
     /// The late charge is refunded. Has its (failure) result; absorbs everything.
     Reconciled,
+    /// The owner cancelled it and the provider confirmed by a void that it holds no charge.
+    /// Has its result.
+    Canceled,
 }
 
 impl PaymentStatus {
@@ -102,6 +124,7 @@ impl PaymentStatus {
                 | PaymentStatus::FailedTimeout
                 | PaymentStatus::Refunding
                 | PaymentStatus::Reconciled
+                | PaymentStatus::Canceled
         )
     }
 
@@ -112,6 +135,7 @@ impl PaymentStatus {
             PaymentStatus::Completed => Some(PaymentResultStatus::Completed),
             PaymentStatus::Failed => Some(PaymentResultStatus::Failed),
             PaymentStatus::FailedTimeout => Some(PaymentResultStatus::FailedTimeout),
+            PaymentStatus::Canceled => Some(PaymentResultStatus::Canceled),
             _ => None,
         }
     }
@@ -138,6 +162,7 @@ impl PaymentStatus {
             PaymentStatus::FailedTimeout => "FAILED_TIMEOUT",
             PaymentStatus::Refunding => "REFUNDING",
             PaymentStatus::Reconciled => "RECONCILED",
+            PaymentStatus::Canceled => "CANCELED",
         }
     }
 }
@@ -187,11 +212,13 @@ pub enum Signal {
     Inconclusive,
     /// The back-off after an inconclusive answer is over (a VERIFY_RETRY timer).
     RetryDue,
+    /// The owner asked to cancel (`PaymentCancelRequested`, payments.cancel-requests).
+    CancelRequested,
 }
 
 impl Signal {
     /// Every signal, for exhaustive tests.
-    pub const ALL: [Signal; 14] = [
+    pub const ALL: [Signal; 15] = [
         Signal::Initiated,
         Signal::DispatchAccepted,
         Signal::DispatchRejected,
@@ -206,11 +233,18 @@ impl Signal {
         Signal::Refunded,
         Signal::Inconclusive,
         Signal::RetryDue,
+        Signal::CancelRequested,
     ];
 
     /// Whether this is a provider callback (kept when it arrives before its payment).
     pub fn is_callback(self) -> bool {
         matches!(self, Signal::ProviderSucceeded | Signal::ProviderFailed)
+    }
+
+    /// Whether the signal is kept when it arrives before its payment: a callback, or a cancel
+    /// (its payment's PaymentInitiated travels on another topic and may come later).
+    pub fn is_kept_early(self) -> bool {
+        self.is_callback() || self == Signal::CancelRequested
     }
 
     /// A stable name for metric labels.
@@ -230,6 +264,7 @@ impl Signal {
             Signal::Refunded => "refunded",
             Signal::Inconclusive => "inconclusive",
             Signal::RetryDue => "retry_due",
+            Signal::CancelRequested => "cancel_requested",
         }
     }
 }
@@ -239,8 +274,8 @@ impl Signal {
 pub enum Decision {
     /// Move to this state, with the [`effects`] of entering it.
     Transition(PaymentStatus),
-    /// The payment is not known yet and the signal is a callback: keep it until the payment
-    /// appears (or its retention timer expires).
+    /// The payment is not known yet and the signal is a callback or a cancel: keep it until the
+    /// payment appears (or its retention timer expires).
     KeepForLater,
     /// Already in this state (a redelivered event): nothing to do.
     Duplicate,
@@ -286,7 +321,7 @@ pub fn next(current: Option<PaymentStatus>, signal: Signal) -> Decision {
     let Some(state) = current else {
         return match signal {
             Initiated => Transition(New),
-            s if s.is_callback() => KeepForLater,
+            s if s.is_kept_early() => KeepForLater,
             _ => Illegal,
         };
     };
@@ -295,9 +330,10 @@ pub fn next(current: Option<PaymentStatus>, signal: Signal) -> Decision {
         (s, Initiated) if s.has_result() => Reforward(s),
         // A refunded late charge, and a completed payment, absorb everything else.
         (Completed | Reconciled, _) => Absorbed(state),
-        // The provider charged after the payment had failed: compensate.
-        (Failed | FailedTimeout, ProviderSucceeded | Charged) => Transition(Refunding),
-        (Failed | FailedTimeout, _) => Absorbed(state),
+        // The provider charged after the payment had failed (or been cancelled): compensate.
+        (Failed | FailedTimeout | Canceled, ProviderSucceeded | Charged) => Transition(Refunding),
+        // A cancel of a payment with its result is refused (absorbed), like any late signal.
+        (Failed | FailedTimeout | Canceled, _) => Absorbed(state),
         (Refunding, Refunded | NotCharged) => Transition(Reconciled),
         (Refunding, Inconclusive) => RetryLater,
         (Refunding, RetryDue) => Reissue,
@@ -308,6 +344,10 @@ pub fn next(current: Option<PaymentStatus>, signal: Signal) -> Decision {
         // will be refused as already charged, or will find the declined charge harmless).
         (New | Sent | Verifying(_) | Voiding(_), ProviderSucceeded) => Transition(Completed),
         (New | Sent | Verifying(_) | Voiding(_), ProviderFailed) => Transition(Failed),
+
+        // The owner's cancel: a void, whatever the charge's progress (the module doc says why).
+        (Voiding(Cause::Cancel), CancelRequested) => Duplicate,
+        (New | Sent | Verifying(_) | Voiding(_), CancelRequested) => Transition(Voiding(Cause::Cancel)),
 
         (New, DispatchAccepted) => Transition(Sent),
         (New, DispatchRejected) => Transition(Failed),
@@ -387,7 +427,7 @@ mod tests {
     use PaymentStatus::*;
     use Signal::*;
 
-    const STATES: [Option<PaymentStatus>; 12] = [
+    const STATES: [Option<PaymentStatus>; 14] = [
         None,
         Some(New),
         Some(Sent),
@@ -395,11 +435,13 @@ mod tests {
         Some(Verifying(Dispatch)),
         Some(Voiding(Timeout)),
         Some(Voiding(Dispatch)),
+        Some(Voiding(Cancel)),
         Some(Completed),
         Some(Failed),
         Some(FailedTimeout),
         Some(Refunding),
         Some(Reconciled),
+        Some(Canceled),
     ];
 
     #[test]
@@ -446,6 +488,65 @@ mod tests {
         assert_eq!(next(Some(Refunding), ProviderSucceeded), Absorbed(Refunding), "a duplicate callback");
         assert_eq!(next(Some(Refunding), Inconclusive), RetryLater);
         assert_eq!(next(Some(Refunding), RetryDue), Reissue);
+    }
+
+    /// Issue 16: the owner's cancel is a void, asked whatever the charge's progress; only a
+    /// confirmed void cancels, a charge the provider holds completes the payment (the cancel is
+    /// refused), and a payment with its result refuses it.
+    #[test]
+    fn a_cancel_is_a_void_and_only_a_confirmed_void_cancels() {
+        for from in [New, Sent, Verifying(Timeout), Verifying(Dispatch), Voiding(Timeout), Voiding(Dispatch)]
+        {
+            assert_eq!(next(Some(from), CancelRequested), Transition(Voiding(Cancel)), "{from:?}");
+            let effects = effects(Some(from), Transition(Voiding(Cancel)));
+            assert_eq!(effects.request, Some(Request::Void), "{from:?}: a void with a new id");
+            assert_eq!(effects.result, None, "{from:?}: no result before the provider answers");
+        }
+        let cancelling = Some(Voiding(Cancel));
+        assert_eq!(next(cancelling, CancelRequested), Duplicate, "the same cancel twice");
+        assert_eq!(next(cancelling, Voided), Transition(Canceled));
+        assert_eq!(
+            effects(cancelling, Transition(Canceled)).result,
+            Some(PaymentResultStatus::Canceled),
+            "its one result"
+        );
+        assert_eq!(
+            next(cancelling, Charged),
+            Transition(Completed),
+            "already charged: the cancel is refused"
+        );
+        assert_eq!(Cancel.failure(), Canceled);
+        assert_eq!(Canceled.result_status(), Some(PaymentResultStatus::Canceled));
+        assert!(Canceled.has_result());
+        assert_eq!(Canceled.label(), "CANCELED");
+    }
+
+    /// Every race of a cancel: with the callback, the timer and the charge's outcome.
+    #[test]
+    fn a_cancel_races_callbacks_timers_and_dispatch_outcomes_safely() {
+        let cancelling = Some(Voiding(Cancel));
+        // The provider's verdict decides, before or after the cancel.
+        assert_eq!(next(cancelling, ProviderSucceeded), Transition(Completed));
+        assert_eq!(next(cancelling, ProviderFailed), Transition(Failed));
+        // The timer and the charge's own outcome change nothing while the void is out (a charge
+        // after the void is refused for good by the provider: REJECTED).
+        assert_eq!(next(cancelling, TimerFired), Superseded);
+        for outcome in [DispatchAccepted, DispatchRejected, DispatchUncertain, DispatchExpired] {
+            assert_eq!(next(cancelling, outcome), Superseded, "{outcome:?}");
+        }
+        assert_eq!(next(cancelling, Inconclusive), RetryLater, "a pending charge: ask again");
+        assert_eq!(next(cancelling, RetryDue), Reissue);
+        assert_eq!(effects(cancelling, Reissue).request, Some(Request::Void));
+        // A payment with its result refuses the cancel; a late charge after a cancel is refunded.
+        for done in [Completed, Failed, FailedTimeout, Refunding, Reconciled, Canceled] {
+            assert_eq!(next(Some(done), CancelRequested), Absorbed(done), "{done:?}");
+        }
+        assert_eq!(next(Some(Canceled), ProviderSucceeded), Transition(Refunding));
+        assert_eq!(next(Some(Canceled), Charged), Transition(Refunding));
+        assert_eq!(next(Some(Canceled), ProviderFailed), Absorbed(Canceled));
+        assert_eq!(next(Some(Canceled), Initiated), Reforward(Canceled));
+        // A cancel before its payment is kept, like an early callback.
+        assert_eq!(next(None, CancelRequested), KeepForLater);
     }
 
     #[test]
@@ -551,7 +652,10 @@ mod tests {
         assert_eq!(Completed.result_status(), Some(PaymentResultStatus::Completed));
         assert_eq!(Failed.result_status(), Some(PaymentResultStatus::Failed));
         assert_eq!(FailedTimeout.result_status(), Some(PaymentResultStatus::FailedTimeout));
-        for quiet in [New, Sent, Verifying(Timeout), Voiding(Dispatch), Refunding, Reconciled] {
+        assert_eq!(Canceled.result_status(), Some(PaymentResultStatus::Canceled));
+        for quiet in
+            [New, Sent, Verifying(Timeout), Voiding(Dispatch), Voiding(Cancel), Refunding, Reconciled]
+        {
             assert_eq!(quiet.result_status(), None, "{quiet:?}");
         }
     }
