@@ -169,7 +169,8 @@ async fn watch(
 
 async fn run_rebuild(settings: &StackSettings, args: RebuildArgs) -> anyhow::Result<()> {
     let live = rebuild::current_application_id(&args.common.state_dir)?;
-    let unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
+    let unix_seconds =
+        SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?.as_secs();
     let application_id = rebuild::fresh_application_id(unix_seconds);
     let topology = topology(settings, ViewMetrics::new(&prometheus::Registry::new())?)?;
     let config = config(settings, &application_id, &args.common);

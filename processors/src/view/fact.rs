@@ -171,7 +171,10 @@ impl Fact {
                 derived_id(e.payment_id, "initiated"),
                 e.initiated_at,
                 Some(TimelineKind::Initiated),
-                format!("{} {} from wallet {}: {} \"{}\"", e.amount, e.currency, e.wallet_id, e.kind, e.description),
+                format!(
+                    "{} {} from wallet {}: {} \"{}\"",
+                    e.amount, e.currency, e.wallet_id, e.kind, e.description
+                ),
                 Effect::Initiated {
                     wallet_id: e.wallet_id,
                     amount_minor: e.amount.minor(),
@@ -276,9 +279,9 @@ impl Fact {
                 DispatchResult::Pending | DispatchResult::Unanswered
             ),
             Effect::Timeline => self.timeline == Some(TimelineKind::Timer),
-            Effect::Request { action, .. } => applied
-                .iter()
-                .any(|f| matches!(&f.effect, Effect::Request { action: a, .. } if a == action)),
+            Effect::Request { action, .. } => {
+                applied.iter().any(|f| matches!(&f.effect, Effect::Request { action: a, .. } if a == action))
+            }
             _ => false,
         }
     }

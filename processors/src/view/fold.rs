@@ -178,7 +178,13 @@ pub fn view(state: &ViewState, payment_id: Uuid) -> Option<PaymentView> {
         .iter()
         .filter_map(|f| candidate(f, &refunds))
         .max_by_key(|c| (c.rank, c.at_micros, c.id))
-        .unwrap_or(Candidate { rank: rank::NONE, at_micros: 0, id: Uuid::nil(), status: "NEW", reason: None });
+        .unwrap_or(Candidate {
+            rank: rank::NONE,
+            at_micros: 0,
+            id: Uuid::nil(),
+            status: "NEW",
+            reason: None,
+        });
 
     let initiated = facts.iter().find(|f| matches!(f.effect, Effect::Initiated { .. }));
     let result = facts.iter().filter(|f| matches!(f.effect, Effect::Result { .. })).reduce(later);
@@ -263,7 +269,10 @@ pub fn timeline(state: &ViewState, payment_id: Uuid) -> Vec<PaymentTimelineEvent
 
 /// The entries of `after` to publish when the timeline was `before`: from the first that differs
 /// to the end (a new entry, and the entries it moved).
-pub fn changed<'a>(before: &[PaymentTimelineEvent], after: &'a [PaymentTimelineEvent]) -> &'a [PaymentTimelineEvent] {
+pub fn changed<'a>(
+    before: &[PaymentTimelineEvent],
+    after: &'a [PaymentTimelineEvent],
+) -> &'a [PaymentTimelineEvent] {
     let same = before.iter().zip(after).take_while(|(b, a)| b == a).count();
     &after[same..]
 }
@@ -274,12 +283,12 @@ fn timestamp(micros: i64) -> Option<Timestamp> {
 
 #[cfg(test)]
 mod tests {
+    use paystream_schemas::events::{Discrepancy, Remedy};
     use paystream_schemas::events::{
         DispatchOutcome, PaymentInitiated, PaymentResult, PaymentResultStatus, ProviderAction,
-        ProviderCallbackReceived, ProviderRequest, ProviderStatus, ReconciliationEvent, TimerChange, TimerEvent,
-        TimerKind,
+        ProviderCallbackReceived, ProviderRequest, ProviderStatus, ReconciliationEvent, TimerChange,
+        TimerEvent, TimerKind,
     };
-    use paystream_schemas::events::{Discrepancy, Remedy};
     use proptest::prelude::*;
 
     use super::super::fact::InputEvent;
@@ -392,7 +401,12 @@ mod tests {
     #[test]
     fn the_status_follows_the_saga() {
         use DispatchResult::*;
-        let happy = [initiated(), outcome(1, Accepted, 2), callback(ProviderStatus::Succeeded, 3), result(PaymentResultStatus::Completed, 4)];
+        let happy = [
+            initiated(),
+            outcome(1, Accepted, 2),
+            callback(ProviderStatus::Succeeded, 3),
+            result(PaymentResultStatus::Completed, 4),
+        ];
         let expected = ["NEW", "SENT", "SENT", "COMPLETED"];
         for n in 1..=happy.len() {
             assert_eq!(status(&happy[..n]), expected[n - 1], "after {n} events");
@@ -407,13 +421,31 @@ mod tests {
             outcome(11, Voided, 62),
             result(PaymentResultStatus::FailedTimeout, 62),
             callback(ProviderStatus::Succeeded, 70),
-            request(12, ProviderAction::Refund { amount: Amount::from_minor(1_050).unwrap(), currency: "RUB".into(), reason: "charged after the payment failed".into() }, 70),
+            request(
+                12,
+                ProviderAction::Refund {
+                    amount: Amount::from_minor(1_050).unwrap(),
+                    currency: "RUB".into(),
+                    reason: "charged after the payment failed".into(),
+                },
+                70,
+            ),
             reconciliation(12, 70),
             outcome(12, NotCharged, 71),
         ];
         let expected = [
-            "NEW", "SENT", "SENT", "VERIFYING", "VERIFYING", "VOIDING", "VOIDING", "FAILED_TIMEOUT", "FAILED_TIMEOUT",
-            "REFUNDING", "REFUNDING", "RECONCILED",
+            "NEW",
+            "SENT",
+            "SENT",
+            "VERIFYING",
+            "VERIFYING",
+            "VOIDING",
+            "VOIDING",
+            "FAILED_TIMEOUT",
+            "FAILED_TIMEOUT",
+            "REFUNDING",
+            "REFUNDING",
+            "RECONCILED",
         ];
         for n in 1..=timeout.len() {
             assert_eq!(status(&timeout[..n]), expected[n - 1], "after {n} events");
@@ -438,7 +470,12 @@ mod tests {
     #[test]
     fn a_duplicate_changes_nothing_and_a_nudged_payment_is_the_same_fact() {
         let once = folded(&[initiated(), outcome(1, DispatchResult::Accepted, 2)]);
-        let twice = folded(&[initiated(), outcome(1, DispatchResult::Accepted, 2), outcome(1, DispatchResult::Accepted, 2), initiated()]);
+        let twice = folded(&[
+            initiated(),
+            outcome(1, DispatchResult::Accepted, 2),
+            outcome(1, DispatchResult::Accepted, 2),
+            initiated(),
+        ]);
         assert_eq!(once, twice, "the second PaymentInitiated has a new event id, and is the same payment");
         assert_eq!(once.admit(&fact(initiated())), Admission::Duplicate);
         assert_eq!(view(&twice, PAYMENT).unwrap().version, 2);
@@ -446,27 +483,46 @@ mod tests {
 
     #[test]
     fn an_inconclusive_answer_past_the_bound_is_left_out_and_a_result_never_is() {
-        let mut state = folded(&[initiated(), request(10, ProviderAction::StatusQuery { reason: "why".into() }, 60)]);
+        let mut state =
+            folded(&[initiated(), request(10, ProviderAction::StatusQuery { reason: "why".into() }, 60)]);
         for n in 0..(FACTS_PER_PAYMENT_MAX as u128) {
             state = fold(state, fact(outcome(1_000 + n, DispatchResult::Pending, 61)));
         }
         assert_eq!(state.facts().len(), FACTS_PER_PAYMENT_MAX + 2);
         assert_eq!(state.admit(&fact(outcome(5_000, DispatchResult::Pending, 62))), Admission::OverBound);
-        assert_eq!(state.admit(&fact(request(11, ProviderAction::StatusQuery { reason: "again".into() }, 62))), Admission::OverBound);
-        assert_eq!(state.admit(&fact(request(12, ProviderAction::Void { reason: "void".into() }, 62))), Admission::Apply);
+        assert_eq!(
+            state.admit(&fact(request(11, ProviderAction::StatusQuery { reason: "again".into() }, 62))),
+            Admission::OverBound
+        );
+        assert_eq!(
+            state.admit(&fact(request(12, ProviderAction::Void { reason: "void".into() }, 62))),
+            Admission::Apply
+        );
         assert_eq!(state.admit(&fact(result(PaymentResultStatus::Completed, 63))), Admission::Apply);
     }
 
     #[test]
     fn the_timeline_is_ordered_by_the_events_own_time_and_names_what_moved() {
-        let in_order = folded(&[initiated(), outcome(1, DispatchResult::Accepted, 2), result(PaymentResultStatus::Completed, 4)]);
+        let in_order = folded(&[
+            initiated(),
+            outcome(1, DispatchResult::Accepted, 2),
+            result(PaymentResultStatus::Completed, 4),
+        ]);
         let before = timeline(&folded(&[initiated(), result(PaymentResultStatus::Completed, 4)]), PAYMENT);
         let after = timeline(&in_order, PAYMENT);
-        assert_eq!(after.iter().map(|e| (e.seq, e.kind.as_str())).collect::<Vec<_>>(), [(1, "INITIATED"), (2, "DISPATCHED"), (3, "RESULT")]);
+        assert_eq!(
+            after.iter().map(|e| (e.seq, e.kind.as_str())).collect::<Vec<_>>(),
+            [(1, "INITIATED"), (2, "DISPATCHED"), (3, "RESULT")]
+        );
         let moved = changed(&before, &after);
-        assert_eq!(moved.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3], "the late dispatch outcome moved the result");
+        assert_eq!(
+            moved.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3],
+            "the late dispatch outcome moved the result"
+        );
         assert!(changed(&after, &after).is_empty());
-        let requests_are_not_shown = folded(&[initiated(), request(10, ProviderAction::StatusQuery { reason: "r".into() }, 60)]);
+        let requests_are_not_shown =
+            folded(&[initiated(), request(10, ProviderAction::StatusQuery { reason: "r".into() }, 60)]);
         assert_eq!(timeline(&requests_are_not_shown, PAYMENT).len(), 1);
         assert_eq!(view(&requests_are_not_shown, PAYMENT).unwrap().version, 2, "but they count as applied");
     }
@@ -486,7 +542,15 @@ mod tests {
             outcome(11, Voided, 63),
             result(PaymentResultStatus::FailedTimeout, 63),
             callback(ProviderStatus::Succeeded, 70),
-            request(12, ProviderAction::Refund { amount: Amount::from_minor(1_050).unwrap(), currency: "RUB".into(), reason: "late".into() }, 70),
+            request(
+                12,
+                ProviderAction::Refund {
+                    amount: Amount::from_minor(1_050).unwrap(),
+                    currency: "RUB".into(),
+                    reason: "late".into(),
+                },
+                70,
+            ),
             reconciliation(12, 70),
             outcome(12, Refunded, 71),
         ]

@@ -32,7 +32,10 @@ impl ViewMetrics {
             .buckets(LAG_BUCKETS_S.to_vec()),
         )?;
         let events = IntCounterVec::new(
-            Opts::new("paystream_view_events_total", "Input events of the payment view by what became of them"),
+            Opts::new(
+                "paystream_view_events_total",
+                "Input events of the payment view by what became of them",
+            ),
             &["input", "admission"],
         )?;
         let timeline_entries = IntCounterVec::new(

@@ -131,12 +131,14 @@ pub struct End {
 /// The end offsets of every partition of `topics` now: what "caught up" means for a rebuild
 /// started now. Empty partitions are left out.
 pub fn ends(bootstrap: &str, topics: &[&str]) -> Result<Vec<End>, RebuildError> {
-    let consumer: BaseConsumer =
-        read_committed_consumer(bootstrap, "paystream-view-ends").create().map_err(kafka("creating a consumer"))?;
+    let consumer: BaseConsumer = read_committed_consumer(bootstrap, "paystream-view-ends")
+        .create()
+        .map_err(kafka("creating a consumer"))?;
     let timeout = Duration::from_millis(KAFKA_TIMEOUT_MS);
     let mut ends = Vec::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(kafka(format!("metadata of {topic}")))?;
+        let metadata =
+            consumer.fetch_metadata(Some(topic), timeout).map_err(kafka(format!("metadata of {topic}")))?;
         for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition.id(), timeout)
@@ -203,7 +205,8 @@ where
     let started = Instant::now();
     let (bootstrap, group) = (config.bootstrap_servers.clone(), config.application_id.clone());
     let topics: Vec<String> = inputs.iter().map(|t| (*t).to_owned()).collect();
-    let ends = blocking(move || ends(&bootstrap, &topics.iter().map(String::as_str).collect::<Vec<_>>())).await?;
+    let ends =
+        blocking(move || ends(&bootstrap, &topics.iter().map(String::as_str).collect::<Vec<_>>())).await?;
     let records: i64 = ends.iter().map(|e| e.high - e.low).sum();
     tracing::info!(application_id = %group, records, partitions = ends.len(), "rebuilding the payment view from the beginning");
     let streams = blocking(move || Streams::start(topology, config).map_err(RebuildError::from)).await?;
@@ -216,7 +219,8 @@ where
 
 /// Waits until `streams`' group has consumed up to `ends`.
 async fn catch_up(streams: &Streams, ends: Vec<End>, stall_timeout: Duration) -> Result<(), RebuildError> {
-    let (bootstrap, group) = (streams.config().bootstrap_servers.clone(), streams.config().application_id.clone());
+    let (bootstrap, group) =
+        (streams.config().bootstrap_servers.clone(), streams.config().application_id.clone());
     let ends = std::sync::Arc::new(ends);
     let (mut best, mut progressed, mut logged) = (i64::MAX, Instant::now(), Instant::now());
     loop {
@@ -264,7 +268,11 @@ mod tests {
         swap_in(dir.path(), &rebuilt).unwrap();
         assert_eq!(current_application_id(dir.path()).unwrap(), rebuilt);
         swap_in(dir.path(), BASE_APPLICATION_ID).unwrap();
-        assert_eq!(current_application_id(dir.path()).unwrap(), BASE_APPLICATION_ID, "a rollback is a swap back");
+        assert_eq!(
+            current_application_id(dir.path()).unwrap(),
+            BASE_APPLICATION_ID,
+            "a rollback is a swap back"
+        );
         std::fs::write(dir.path().join(POINTER_FILE), "  \n").unwrap();
         assert!(matches!(current_application_id(dir.path()), Err(RebuildError::EmptyPointer { .. })));
     }
