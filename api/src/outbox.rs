@@ -58,28 +58,25 @@ impl OutboxEvent {
 
     /// Writes the event into the outbox in `tx` and deletes it again; it leaves when `tx` commits.
     pub async fn write(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO wallet_outbox (id, aggregatetype, aggregateid, type, payload, traceparent)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+        let key = self.payment_id.to_string();
+        paystream_wallet::outbox::write(
+            tx,
+            &paystream_wallet::outbox::OutboxRow {
+                id: self.event_id,
+                topic: &self.topic,
+                key: &key,
+                event_type: PAYMENT_INITIATED_TYPE,
+                payload: &self.payload,
+                traceparent: &self.traceparent,
+            },
         )
-        .bind(self.event_id)
-        .bind(&self.topic)
-        .bind(self.payment_id.to_string())
-        .bind(PAYMENT_INITIATED_TYPE)
-        .bind(&self.payload)
-        .bind(&self.traceparent)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("DELETE FROM wallet_outbox WHERE id = $1").bind(self.event_id).execute(&mut **tx).await?;
-        Ok(())
+        .await
     }
 }
 
 /// A new W3C trace context (version 00, sampled), for an event no request's context came with.
 pub fn new_traceparent() -> String {
-    let trace_id = Uuid::new_v4().simple().to_string();
-    let span_id = &Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace_id}-{span_id}-01")
+    paystream_wallet::outbox::new_traceparent()
 }
 
 /// Why a payment's event was not published again.

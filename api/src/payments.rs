@@ -200,9 +200,11 @@ async fn accept(
         requested_at: payment.requested_at,
         initiated_at: accepted_at,
     };
-    let outbox = OutboxEvent::payment_initiated(&state.codec, &event, traceparent(headers))
+    crate::http_trace::record_payment(event.payment_id);
+    let mut outbox = OutboxEvent::payment_initiated(&state.codec, &event, traceparent(headers))
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    outbox.topic.clone_from(&state.topics.initiated);
 
     // A concurrent request with the same paymentId can commit between our idempotency
     // check and our insert; then the insert does nothing and the second pass replays.
@@ -211,26 +213,24 @@ async fn accept(
         if let Some(previous) = previous_answer(&mut tx, &payment).await? {
             return Ok(Decision::Replayed(previous));
         }
-        // Reserved before the row is written, as the balance is judged first; a conflicting
-        // insert below drops the transaction, and the reservation with it.
-        wallet::reserve(&mut tx, payment.wallet_id, payment.amount).await.map_err(reservation_refused)?;
-        let inserted = sqlx::query(
-            "INSERT INTO wallet_transactions
-                 (payment_id, wallet_id, amount, kind, description, requested_at, accepted_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (payment_id) DO NOTHING",
+        // The same opening as the pay.order door's (`paystream_wallet::payments::open`):
+        // reserved before the row is written, as the balance is judged first; a conflicting
+        // insert drops the transaction, and the reservation with it.
+        let opened = wallet::payments::open(
+            &mut tx,
+            &wallet::NewPayment {
+                payment_id: payment.payment_id,
+                wallet_id: payment.wallet_id,
+                amount: payment.amount,
+                kind: &payment.kind,
+                description: &payment.description,
+                requested_at: payment.requested_at,
+                accepted_at,
+            },
         )
-        .bind(payment.payment_id)
-        .bind(payment.wallet_id)
-        .bind(payment.amount.to_decimal())
-        .bind(&payment.kind)
-        .bind(&payment.description)
-        .bind(payment.requested_at)
-        .bind(accepted_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        .await
+        .map_err(reservation_refused)?;
+        if opened == wallet::Opened::PaymentIdTaken {
             continue;
         }
         outbox.write(&mut tx).await?;
@@ -290,7 +290,11 @@ async fn previous_answer(
 
 /// The W3C trace context of the request, or a new one: it travels with the event as a
 /// Kafka header so the saga's spans join the request's trace.
-fn traceparent(headers: &HeaderMap) -> String {
+pub(crate) fn traceparent(headers: &HeaderMap) -> String {
+    // The request's server span when traces are exported (crate::http_trace): the saga's span is its child.
+    if let Some(own) = paystream_stack::trace::traceparent_of(&tracing::Span::current()) {
+        return own;
+    }
     let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
     match incoming {
         Some(value) if is_valid_traceparent(value) => value.to_owned(),

@@ -11,6 +11,7 @@ mod dispatch;
 mod load;
 mod metrics_server;
 mod migrate;
+mod orders;
 mod provider_sim;
 mod reservations;
 mod saga;
@@ -40,6 +41,9 @@ enum Command {
     /// Kafka topics of the payment flow.
     #[command(subcommand)]
     Topics(topics::Command),
+    /// Seed 004's Kafka door: the pay.order inbox consumer (`run`), a command by hand (`pay`), an order's row (`show`).
+    #[command(subcommand)]
+    Orders(orders::Command),
     /// Apply payment results to wallets (consumes payments.results).
     Settle(settle::Args),
     /// The payment saga: initiated + callbacks + outcomes + timers → exactly one PaymentResult.
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => api::run(&settings, args).await,
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,
+        Command::Orders(command) => orders::run(&settings, command).await,
         Command::Settle(args) => settle::run(&settings, args).await,
         Command::Saga(args) => saga::run_saga(&settings, args).await,
         Command::Timers(args) => saga::run_timers(&settings, args).await,

@@ -14,6 +14,10 @@
 //!   HTTP (idempotency key = paymentId, timeouts, full-jitter retries, 409 retried on the
 //!   same key, bounded concurrency) and reports each as a `DispatchOutcome` before the
 //!   command is committed.
+//! - [`orders`]: seed 004's Kafka door: a handler on `pay.order` that records each command in
+//!   the wallet database's inbox and opens its payment on the HTTP door's money path (or answers
+//!   `OrderPaymentFailed` at once), in one transaction; and the `OrderPaid` /
+//!   `OrderPaymentFailed` settlement writes when it applies such a payment's result.
 //! - [`dlq`]: the dead-letter producer every processor shares: the original record (key,
 //!   value, headers) byte for byte, with the reason and its source in `dlq.*` headers,
 //!   acknowledged before the source offset is committed.
@@ -33,6 +37,7 @@
 pub mod consumer;
 pub mod dispatcher;
 pub mod dlq;
+pub mod orders;
 pub mod retry;
 pub mod saga;
 pub mod settlement;

@@ -34,6 +34,13 @@ pub mod topics {
     /// Owners' requests to cancel a payment, from the wallet outbox (co-partitioned with the
     /// saga's other inputs).
     pub const PAYMENTS_CANCEL_REQUESTS: &str = "payments.cancel-requests";
+    /// Seed 004's Kafka door: the orders service's `PayOrder` commands, keyed by orderId.
+    pub const PAY_ORDER: &str = "pay.order";
+    /// `OrderPaid`, one per paid order, keyed by orderId (from the wallet outbox).
+    pub const ORDER_PAID: &str = "order.paid";
+    /// `OrderPaymentFailed`, one per order that could not be paid, keyed by orderId (from the
+    /// wallet outbox).
+    pub const ORDER_PAYMENT_FAILED: &str = "order.payment_failed";
 }
 
 /// Implements the contract half of [`Event`]: the embedded `.avsc`, its topic, the parsed schema.
@@ -790,3 +797,8 @@ impl Event for PaymentTimelineEvent {
         })
     }
 }
+
+// The Kafka door of seed 004 (PayOrder in, OrderPaid / OrderPaymentFailed out), in a file of its
+// own; it uses this module's macros and helpers.
+mod orders;
+pub use orders::{CommandAmount, OrderFailureReason, OrderPaid, OrderPaymentFailed, PayOrder};

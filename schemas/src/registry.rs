@@ -14,6 +14,7 @@ use crate::events::{
     ChargeCommand, DispatchOutcome, PaymentCancelRequested, PaymentInitiated, PaymentResult,
     ProviderCallbackReceived, ProviderRequest, ReconciliationEvent, TimerEvent,
 };
+use crate::events::{OrderPaid, OrderPaymentFailed, PayOrder};
 use crate::events::{PaymentTimelineEvent, PaymentView};
 
 /// How long one admin request may take.
@@ -115,6 +116,9 @@ pub fn catalog() -> Vec<Contract> {
         entry::<PaymentView>("PaymentView"),
         entry::<PaymentTimelineEvent>("PaymentTimelineEvent"),
         entry::<PaymentCancelRequested>("PaymentCancelRequested"),
+        entry::<PayOrder>("PayOrder"),
+        entry::<OrderPaid>("OrderPaid"),
+        entry::<OrderPaymentFailed>("OrderPaymentFailed"),
     ]
 }
 

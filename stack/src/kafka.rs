@@ -136,6 +136,11 @@ pub fn payment_topics(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::new("payments.timeline", partitions).with_config("retention.ms", MONTH_MS),
         // Owners' cancel requests, a saga input like payments.initiated.
         TopicSpec::new("payments.cancel-requests", partitions).with_config("retention.ms", WEEK_MS),
+        // Seed 004's Kafka door, keyed by orderId (not by paymentId: the orders service's key).
+        // A month, like the results: the commands and their answers are audited.
+        TopicSpec::new("pay.order", partitions).with_config("retention.ms", MONTH_MS),
+        TopicSpec::new("order.paid", partitions).with_config("retention.ms", MONTH_MS),
+        TopicSpec::new("order.payment_failed", partitions).with_config("retention.ms", MONTH_MS),
     ]
 }
 

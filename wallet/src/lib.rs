@@ -16,8 +16,13 @@
 //! # Layout
 //! - [`rules`]: the pure model: what each [`Movement`] does to a [`Balance`] and when it
 //!   is [`Refusal`]-ed (property-tested for conservation).
+//! - [`payments`]: opening a payment (reservation + PENDING row), for both doors (HTTP and
+//!   `pay.order`).
+//! - [`outbox`]: the outbox row every wallet-database event leaves by.
 //! - this module: the SQL, [`Moved`] and [`WalletError`].
 
+pub mod outbox;
+pub mod payments;
 pub mod rules;
 
 use paystream_schemas::Amount;
@@ -25,6 +30,7 @@ use rust_decimal::Decimal;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+pub use payments::{NewPayment, Opened};
 pub use rules::{Balance, Movement, Refusal, MAX_BALANCE, RESERVED_CHECK};
 
 /// A wallet after a movement.

@@ -253,7 +253,9 @@ impl Movement {
             PaymentResultStatus::Completed => {
                 Some(Self { money: Confirm(amount), settled: SettledStatus::Completed })
             }
-            PaymentResultStatus::Failed | PaymentResultStatus::FailedTimeout | PaymentResultStatus::Canceled => {
+            PaymentResultStatus::Failed
+            | PaymentResultStatus::FailedTimeout
+            | PaymentResultStatus::Canceled => {
                 Some(Self { money: Compensate(amount), settled: SettledStatus::Cancelled })
             }
             PaymentResultStatus::Unknown => None,
@@ -397,6 +399,17 @@ const SETTLE_PAYMENT: &str = "
 
 /// Applies `result` in one transaction of the wallet database.
 pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, ApplyError> {
+    apply_answering(pool, result, None).await
+}
+
+/// [`apply`], and when the result settles the payment, `answer` (its order's `OrderPaid` or
+/// `OrderPaymentFailed`, [`crate::orders::answer`]) is written into the outbox in the same
+/// transaction: a duplicate or rejected result writes none, so an order is answered once.
+pub async fn apply_answering(
+    pool: &PgPool,
+    result: &PaymentResult,
+    answer: Option<&crate::orders::answer::Answer>,
+) -> Result<Outcome, ApplyError> {
     let mut tx = pool.begin().await.map_err(ApplyError::Database)?;
     let row: Option<PaymentRow> = sqlx::query_as(SELECT_PAYMENT)
         .bind(result.payment_id)
@@ -448,6 +461,9 @@ pub async fn apply(pool: &PgPool, result: &PaymentResult) -> Result<Outcome, App
         Err(error) => return refused(tx, error, result).await,
     }
 
+    if let Some(answer) = answer {
+        answer.write(&mut tx).await.map_err(ApplyError::Database)?;
+    }
     tx.commit().await.map_err(ApplyError::Database)?;
     Ok(Outcome::Applied(Applied {
         status: result.status,

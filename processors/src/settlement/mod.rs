@@ -43,7 +43,9 @@ use sqlx::PgPool;
 
 use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler};
 use crate::dlq;
+use crate::orders::answer::Answers;
 use crate::retry::RetryPolicy;
+use paystream_schemas::EventCodec;
 
 pub use apply::{ApplyError, Outcome, Rejection};
 pub use metrics::SettlementMetrics;
@@ -146,7 +148,19 @@ pub async fn run(
     let scan = tokio::spawn(stranded::watch(pool.clone(), config.stranded, config.metrics.clone(), async {
         let _ = scan_stopped.await;
     }));
-    let handler = Arc::new(Settle { pool: pool.clone(), metrics: config.metrics.clone() });
+    // Orders' answers are encoded with the registry, before the result's transaction.
+    let codec = match EventCodec::new(&config.schema_registry_url) {
+        Ok(codec) => codec,
+        Err(error) => {
+            drop(stop_scan);
+            return Err(SettlementError::Consumer(ConsumerError::Registry(error)));
+        }
+    };
+    let handler = Arc::new(Settle {
+        pool: pool.clone(),
+        metrics: config.metrics.clone(),
+        answers: Answers::new(pool.clone(), codec),
+    });
     let consumed =
         consumer::run(config.consumer(), handler, config.metrics.consumer().clone(), shutdown).await;
     drop(stop_scan);
@@ -163,6 +177,8 @@ struct Settle {
     pool: PgPool,
     /// Applied and duplicate counters.
     metrics: SettlementMetrics,
+    /// The answers to orders whose payments settle (`crate::orders::answer`).
+    answers: Answers,
 }
 
 impl Handler for Settle {
@@ -170,7 +186,22 @@ impl Handler for Settle {
     type Error = ApplyError;
 
     async fn handle(&self, result: &PaymentResult, _context: &mut Context<'_>) -> Handled<ApplyError> {
-        match apply::apply(&self.pool, result).await {
+        // A payment that came from an order (the inbox row tells) is answered in the
+        // transaction that applies its result.
+        let answer = match self.answers.for_result(result).await {
+            Ok(answer) => answer,
+            Err(error) if error.is_retriable() => {
+                return Handled::Retriable { operation: "apply", error: error.to_string() }
+            }
+            Err(error) => {
+                return Handled::Exhausted {
+                    operation: "answer-order",
+                    attempts: 1,
+                    last_error: error.to_string(),
+                }
+            }
+        };
+        match apply::apply_answering(&self.pool, result, answer.as_ref()).await {
             Ok(Outcome::Applied(applied)) => {
                 self.metrics.record_applied(applied.status);
                 tracing::debug!(
