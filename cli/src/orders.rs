@@ -18,7 +18,7 @@ pub enum Command {
     /// The inbox consumer: every PayOrder on pay.order, once, into the wallet database.
     Run {
         /// Where to serve Prometheus metrics (`/metrics`).
-        #[arg(long, env = "PAYSTREAM_ORDERS_METRICS_LISTEN", default_value = "127.0.0.1:9106")]
+        #[arg(long, env = "PAYSTREAM_ORDERS_METRICS_LISTEN", default_value = "127.0.0.1:9109")]
         metrics_listen: SocketAddr,
     },
     /// Send one PayOrder command (as the orders service would) and print its order and payment ids.
