@@ -254,6 +254,7 @@ pub fn default_readiness(name: &str) -> Readiness {
         "dispatch" => "http://127.0.0.1:9102/metrics",
         "saga" => "http://127.0.0.1:9103/metrics",
         "timers" => "http://127.0.0.1:9104/metrics",
+        "orders" => "http://127.0.0.1:9109/metrics",
         _ => return Readiness::Started,
     };
     Readiness::Http(url.into())
