@@ -124,8 +124,13 @@ impl Stack {
     }
 
     async fn start_view_with(&self, metrics: ViewMetrics) -> Streams {
+        self.start_view_as(&self.app, metrics).await
+    }
+
+    /// The view under `application_id`, on the live topics and the test's state directory.
+    async fn start_view_as(&self, application_id: &str, metrics: ViewMetrics) -> Streams {
         let topology = self.topology_with(&self.topics, metrics);
-        let config = self.config(&self.app, self.state.path());
+        let config = self.config(application_id, self.state.path());
         let streams =
             tokio::task::spawn_blocking(move || Streams::start(topology, config)).await.unwrap().unwrap();
         let started = Instant::now();
@@ -271,6 +276,7 @@ impl Stack {
             self.dlq.clone(),
             format!("{}-{}-changelog", self.app, processor::STORE),
             format!("{}-rebuild-{}-changelog", self.app, processor::STORE),
+            format!("{}-r1-{}-changelog", self.app, processor::STORE),
         ]);
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let _ = paystream_stack::kafka::delete_topics(&self.settings.kafka_bootstrap, &names).await;
@@ -538,5 +544,55 @@ async fn a_rebuild_equals_the_live_view_and_keeps_every_timeline_seq() {
     rebuild::swap_in(stack.state.path(), &rebuilt.application_id).unwrap();
     assert_eq!(rebuild::current_application_id(stack.state.path()).unwrap(), application_id);
     view.close().unwrap();
+    stack.cleanup().await;
+}
+
+/// What `paystream view` does when a rebuild swaps itself in: the rebuild ran beside the live
+/// view into the same outputs and the same state directory; the live view stops its application
+/// and starts the rebuilt one, which carries on from the rebuild's state and offsets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swapped_in_rebuild_carries_on_from_its_own_state_and_offsets() {
+    let stack = Stack::new().await;
+    let live = stack.start_view().await;
+    let id = Uuid::new_v4();
+    let events = timed_out_payment(id, Utc::now());
+    let (before, after) = events.split_at(4);
+    for event in before {
+        stack.send(event, None).await;
+    }
+    stack.caught_up(&stack.app).await;
+
+    let rebuilt_id = format!("{}-r1", stack.app);
+    let config = stack.config(&rebuilt_id, stack.state.path());
+    let rebuilt = rebuild::rebuild(stack.topology(&stack.topics), config, &stack.inputs(), STALL)
+        .await
+        .expect("rebuild");
+    rebuild::swap_in(stack.state.path(), &rebuilt.application_id).unwrap();
+    assert_eq!(rebuild::current_application_id(stack.state.path()).unwrap(), rebuilt_id);
+    live.close().unwrap();
+    let views_at_swap = stack.count(&stack.topics.view);
+
+    let swapped =
+        stack.start_view_as(&rebuilt_id, ViewMetrics::new(&prometheus::Registry::new()).unwrap()).await;
+    stack.send(&before[1], None).await;
+    stack.caught_up(&rebuilt_id).await;
+    assert_eq!(
+        stack.count(&stack.topics.view),
+        views_at_swap,
+        "the rebuilt store knows the payment's events"
+    );
+    for event in after {
+        stack.send(event, None).await;
+    }
+    stack.caught_up(&rebuilt_id).await;
+    assert_eq!(
+        stack.count(&stack.topics.view),
+        views_at_swap + after.len(),
+        "one view per new event, none replayed at the swap"
+    );
+    let (view, timeline) = expected(id, &events, None);
+    assert_eq!(stack.latest_views(&stack.topics.view).await[&id], view);
+    assert_eq!(timeline_of(&stack.latest_timeline(&stack.topics.timeline).await, id), timeline);
+    swapped.close().unwrap();
     stack.cleanup().await;
 }
