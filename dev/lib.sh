@@ -43,6 +43,10 @@ REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7
 REGISTRY_HEALTH_URL=http://127.0.0.1:9081/health/ready
 PG_HOST=127.0.0.1
 PG_PORT=5432
+# Prometheus (Debian's package, dev/install) scraping monitoring/prometheus.yml's targets with
+# monitoring/rules/; dev/up starts it and the lag exporter (paystream lag-exporter) beside it.
+PROMETHEUS_URL=http://127.0.0.1:9090
+LAG_EXPORTER_URL=http://127.0.0.1:9108/metrics
 # Jaeger (traces): dev/install builds it into the cache, dev/up starts it. Every paystream process
 # exports its spans over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (cli/src/telemetry.rs).
 JAEGER_VERSION=v1.76.0
@@ -68,6 +72,8 @@ CONNECT_START_TIMEOUT_S="${CONNECT_START_TIMEOUT_S:-150}"
 PG_START_TIMEOUT_S="${PG_START_TIMEOUT_S:-60}"
 REGISTRY_START_TIMEOUT_S="${REGISTRY_START_TIMEOUT_S:-120}"
 JAEGER_START_TIMEOUT_S="${JAEGER_START_TIMEOUT_S:-60}"
+PROMETHEUS_START_TIMEOUT_S="${PROMETHEUS_START_TIMEOUT_S:-60}"
+LAG_EXPORTER_START_TIMEOUT_S="${LAG_EXPORTER_START_TIMEOUT_S:-30}"
 STOP_TIMEOUT_S="${STOP_TIMEOUT_S:-30}"
 
 SUDO=""

@@ -8,6 +8,7 @@ mod audit;
 mod chaos;
 mod connect;
 mod dispatch;
+mod lag_exporter;
 mod load;
 mod metrics_server;
 mod migrate;
@@ -18,6 +19,7 @@ mod saga;
 mod schemas;
 mod settle;
 mod shutdown;
+mod status;
 mod token;
 mod topics;
 mod view;
@@ -71,6 +73,10 @@ enum Command {
     /// Debezium connectors in Kafka Connect.
     #[command(subcommand)]
     Connect(connect::Command),
+    /// Consumer lag of every group, connector states, dead letters, payments by state: Prometheus gauges.
+    LagExporter(lag_exporter::Args),
+    /// One screen for an operator: components, lag per group, payments by state, dead letters, stuck payments.
+    Status(status::Args),
     /// The payment view: payment topics → PaymentView (payments.view) and timeline; `rebuild` replays it.
     View(view::Args),
 }
@@ -102,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Chaos(args) => chaos::run(&settings, args).await,
         Command::Schemas(command) => schemas::run(&settings, command).await,
         Command::Connect(command) => connect::run(&settings, command).await,
+        Command::LagExporter(args) => lag_exporter::run(&settings, args).await,
+        Command::Status(args) => status::run(&settings, args).await,
         Command::View(args) => view::run(&settings, args).await,
     }
 }

@@ -18,6 +18,7 @@ pub async fn spawn_many(
     listen: SocketAddr,
     registries: Vec<prometheus::Registry>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let registries: Vec<_> = registries.into_iter().chain(build_info()).collect();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen} for metrics"))?;
@@ -33,4 +34,17 @@ pub async fn spawn_many(
             tracing::warn!(%error, "the metrics endpoint stopped");
         }
     }))
+}
+
+/// `paystream_build_info{version} 1`: which build answers (`paystream status` shows it).
+fn build_info() -> Option<prometheus::Registry> {
+    let registry = prometheus::Registry::new();
+    let gauge = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("paystream_build_info", "The paystream build serving these metrics (always 1)"),
+        &["version"],
+    )
+    .ok()?;
+    gauge.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(gauge)).ok()?;
+    Some(registry)
 }
