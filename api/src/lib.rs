@@ -17,6 +17,8 @@
 //! - [`timestamp`]: the seeds' `yyyyMMdd-HH:mm:ss:SSSSSS` timestamps.
 //! - [`accounts`]: create a wallet, deposit (idempotent on `Idempotency-Key`), read balances.
 //! - [`payments`]: accept a payment: idempotency, ownership, balance, reserve, outbox.
+//! - [`cancel`]: the owner's cancel of a payment, recorded with its outbox row; its outcome read
+//!   from the payment's row that settlement updates.
 //! - [`outbox`]: the one writer of `PaymentInitiated` into the outbox (the API, and the nudge of a
 //!   stranded reservation).
 //! - [`callbacks`]: the provider's signed callback: verify, deduplicate on the signed event id,
@@ -28,6 +30,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod callbacks;
+pub mod cancel;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -42,4 +45,4 @@ pub mod state;
 pub mod timestamp;
 
 pub use error::ApiError;
-pub use state::AppState;
+pub use state::{AppState, OutboxTopics};

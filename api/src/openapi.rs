@@ -19,6 +19,9 @@ use crate::server;
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/v1/openapi.json";
+/// Where Swagger UI is served: a person pastes a token under "Authorize" and tries every
+/// endpoint of the document at [`DOCUMENT_PATH`].
+pub const DOCS_PATH: &str = "/api/v1/docs";
 /// The security scheme of client endpoints: `Authorization: Bearer <JWT>`.
 pub const BEARER_SCHEME: &str = "bearer";
 /// The security scheme of the provider's callback: its HMAC signature header.
@@ -77,6 +80,16 @@ impl Modify for SecuritySchemes {
             ))),
         );
     }
+}
+
+/// Swagger UI at [`DOCS_PATH`] over the document the API serves at [`DOCUMENT_PATH`] (the UI
+/// fetches it from there, so the two are one document). Its files are embedded in the binary
+/// (`utoipa-swagger-ui`'s `vendored` feature). "Try it out" is on, and an authorization pasted
+/// once is kept across reloads of the page.
+pub fn swagger_ui() -> utoipa_swagger_ui::SwaggerUi {
+    let config =
+        utoipa_swagger_ui::Config::new([DOCUMENT_PATH]).try_it_out_enabled(true).persist_authorization(true);
+    utoipa_swagger_ui::SwaggerUi::new(DOCS_PATH).config(config)
 }
 
 /// The whole document.

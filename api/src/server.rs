@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{accounts, callbacks, openapi, payments};
+use crate::{accounts, callbacks, cancel, openapi, payments};
 
 /// The largest request body accepted; a payment is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -28,6 +28,7 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(payments::create))
+        .routes(routes!(cancel::cancel, cancel::read))
         .routes(routes!(callbacks::receive))
         .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::balance))
@@ -37,11 +38,14 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::serve))
 }
 
-/// Every route of the API. A path no route has answers 404 and a method a path does not have
-/// answers 405 (with `Allow`), both as problems like every other error.
+/// Every route of the API, and Swagger UI at [`openapi::DOCS_PATH`]. A path no route has answers
+/// 404 and a method a path does not have answers 405 (with `Allow`), both as problems like every
+/// other error.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = api_routes().split_for_parts();
     routes
+        // Swagger UI (not an operation of the document, which it displays).
+        .merge(openapi::swagger_ui())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), record))

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use paystream_schemas::EventCodec;
+use paystream_schemas::events::{PaymentCancelRequested, PaymentInitiated};
+use paystream_schemas::{Event, EventCodec};
 use sqlx::PgPool;
 
 use crate::auth::Authenticator;
@@ -24,4 +25,26 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The edge's metrics.
     pub metrics: Arc<ApiMetrics>,
+    /// Where the outbox rows go.
+    pub topics: OutboxTopics,
+}
+
+/// The topics the API's outbox rows are routed to; `Default` is the production names. Tests
+/// route to topics of their own (the `wallet-outbox` connector routes by the row's
+/// `aggregatetype`), so that their payments never reach a production saga.
+#[derive(Debug, Clone)]
+pub struct OutboxTopics {
+    /// `PaymentInitiated` (`payments.initiated`).
+    pub initiated: String,
+    /// `PaymentCancelRequested` (`payments.cancel-requests`).
+    pub cancel_requests: String,
+}
+
+impl Default for OutboxTopics {
+    fn default() -> Self {
+        Self {
+            initiated: PaymentInitiated::TOPIC.into(),
+            cancel_requests: PaymentCancelRequested::TOPIC.into(),
+        }
+    }
 }

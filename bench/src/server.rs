@@ -53,6 +53,7 @@ pub async fn start(settings: &StackSettings) -> anyhow::Result<RunningApi> {
         codec: Arc::new(EventCodec::new(&settings.schema_registry_url)?),
         auth: Arc::new(Authenticator::hs256(JWT_SECRET)),
         metrics: Arc::new(ApiMetrics::new()),
+        topics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
     let base_url = format!("http://{}", listener.local_addr()?);

@@ -80,6 +80,7 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         codec: Arc::new(EventCodec::new(&settings.schema_registry_url)?),
         auth: Arc::new(auth),
         metrics: Arc::new(ApiMetrics::new()),
+        topics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

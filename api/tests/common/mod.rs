@@ -54,6 +54,7 @@ impl TestApi {
             codec: Arc::new(EventCodec::new(&settings.schema_registry_url).unwrap()),
             auth: Arc::new(Authenticator::hs256(SECRET)),
             metrics: Arc::new(ApiMetrics::new()),
+            topics: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
