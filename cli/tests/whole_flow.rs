@@ -3,7 +3,8 @@
 //! sent through the public API only, the provider simulator answering with its delays, duplicate
 //! and reordered callbacks, declines and 5xx answers — then `paystream audit`'s checks on the
 //! wallets this test created: every payment ended once, the provider's ledger agrees with every
-//! wallet, money is conserved.
+//! wallet, money is conserved. Orders paid through the Kafka door (`pay.order`, each command sent
+//! twice) go the same way and are answered exactly once on `order.paid` or `order.payment_failed`.
 //!
 //! Before the payments, poison records go onto every topic a paystream process consumes
 //! (garbage bytes, an unknown schema id, valid Avro of another contract, a payment whose key
@@ -19,8 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use paystream_audit::{Rules, Scope, Sources};
+use paystream_processors::orders::client::OrdersClient;
 use paystream_schemas::events::{
-    topics, PaymentInitiated, PaymentResult, PaymentResultStatus, TimerChange, TimerEvent, TimerKind,
+    topics, OrderPaid, OrderPaymentFailed, PayOrder, PaymentInitiated, PaymentResult, PaymentResultStatus,
+    TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::{Amount, EventCodec};
 use paystream_stack::supervisor::{self, Fleet, FlowEnvironment};
@@ -46,13 +49,15 @@ const API: &str = "http://127.0.0.1:8080";
 /// The provider simulator.
 const PROVIDER: &str = "http://127.0.0.1:8090";
 /// Ports the processes listen on; taken ports mean `dev/run` (or a leftover) is running.
-const PORTS: [u16; 6] = [8080, 8090, 9101, 9102, 9103, 9104];
+const PORTS: [u16; 7] = [8080, 8090, 9101, 9102, 9103, 9104, 9109];
+/// Orders paid through `pay.order`, one per user (from the user's wallet, so the audit covers them).
+const ORDERS: usize = USERS;
 /// The simulator's seed: its decisions per payment are reproducible from it.
 const SEED: &str = "20261201";
 
 /// Topics a paystream process consumes, with how many consumer groups read each (the saga and
 /// the timers app both read the timers topic, so a poison timer is dead-lettered twice).
-const CONSUMED: [(&str, usize); 7] = [
+const CONSUMED: [(&str, usize); 8] = [
     (topics::PAYMENTS_INITIATED, 1),
     (topics::PAYMENTS_CALLBACKS, 1),
     (topics::PAYMENTS_DISPATCH_OUTCOMES, 1),
@@ -60,6 +65,7 @@ const CONSUMED: [(&str, usize); 7] = [
     (topics::PAYMENTS_PROVIDER_COMMANDS, 1),
     (topics::PAYMENTS_PROVIDER_REQUESTS, 1),
     (topics::PAYMENTS_RESULTS, 1),
+    (topics::PAY_ORDER, 1),
 ];
 /// The header that names a poison record of this test, so its dead letter can be found.
 const POISON_HEADER: &str = "it.poison";
@@ -276,6 +282,69 @@ impl Client {
     }
 }
 
+/// Every order was paid once (one payment, from its command) and answered once: `OrderPaid` if its
+/// payment completed, `OrderPaymentFailed` if it was cancelled, never both.
+async fn assert_orders_answered_once(
+    db: &sqlx::PgPool,
+    codec: &EventCodec,
+    orders: &[PayOrder],
+    paid: &rdkafka::consumer::BaseConsumer,
+    failed: &rdkafka::consumer::BaseConsumer,
+) {
+    let ids: Vec<Vec<u8>> = orders.iter().map(|o| o.order_id.clone().into_bytes()).collect();
+    let mine = |r: &testkit::Received| r.key.as_ref().is_some_and(|k| ids.contains(k));
+    let mut answers: Vec<(String, Vec<u8>)> = Vec::new();
+    let started = Instant::now();
+    while answers.len() < orders.len() {
+        assert!(
+            started.elapsed() < DLQ_TIMEOUT,
+            "{} of {} orders answered: {answers:?}",
+            answers.len(),
+            orders.len()
+        );
+        for (topic, reader) in [(topics::ORDER_PAID, paid), (topics::ORDER_PAYMENT_FAILED, failed)] {
+            let seen = testkit::consume_until(reader, Duration::from_secs(1), Duration::ZERO, |_| true);
+            answers.extend(
+                seen.into_iter().filter(mine).map(|r| (topic.to_owned(), r.value.unwrap_or_default())),
+            );
+        }
+    }
+    // Late copies would show up here.
+    for reader in [paid, failed] {
+        let more = testkit::consume_until(reader, Duration::from_secs(3), Duration::from_secs(2), |_| true);
+        assert!(!more.iter().any(mine), "a second answer: {more:#?}");
+    }
+    for order in orders {
+        let payment_id = PayOrder::payment_id_for(&order.order_id);
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM wallet_transactions WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_one(db)
+                .await
+                .unwrap_or_else(|e| panic!("order {}: its payment {payment_id}: {e}", order.order_id));
+        let mut found = Vec::new();
+        for (topic, value) in &answers {
+            if topic == topics::ORDER_PAID {
+                let event: OrderPaid = codec.decode(value).await.expect("an OrderPaid");
+                if event.order_id == order.order_id {
+                    found.push(("COMPLETED", event.payment_id, event.command_id));
+                }
+            } else {
+                let event: OrderPaymentFailed = codec.decode(value).await.expect("an OrderPaymentFailed");
+                if event.order_id == order.order_id {
+                    found.push(("CANCELLED", event.payment_id, event.command_id));
+                }
+            }
+        }
+        assert_eq!(
+            found,
+            [(status.as_str(), payment_id, order.command_id)],
+            "order {}: one answer",
+            order.order_id
+        );
+    }
+}
+
 /// `name{labels} value` from a Prometheus text page; 0 when absent.
 fn metric(page: &str, series: &str) -> f64 {
     page.lines()
@@ -305,6 +374,8 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
     let mut fleet = Fleet::start(specs, &log_dir).await.unwrap_or_else(|e| panic!("{e}"));
 
     let dlq = testkit::tail(&settings, "payments.dlq");
+    let order_paid = testkit::tail(&settings, topics::ORDER_PAID);
+    let order_failed = testkit::tail(&settings, topics::ORDER_PAYMENT_FAILED);
     let codec = EventCodec::new(&settings.schema_registry_url).expect("a registry client");
     let poison = poison_records(&codec).await;
     send_poison(&settings, &poison).await;
@@ -329,6 +400,32 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
     for ((_, _, id, _), (status, body)) in payments.iter().zip(&answers) {
         assert_eq!(*status, StatusCode::OK, "payment {id}: {body}");
         assert_eq!(body["paymentId"], json!(id), "payment {id}: {body}");
+    }
+    // Orders through the Kafka door, from the same users' wallets; each command twice, as an
+    // at-least-once orders service may send it.
+    let orders_client =
+        OrdersClient::new(&settings.kafka_bootstrap, EventCodec::new(&settings.schema_registry_url).unwrap())
+            .expect("an orders producer");
+    let mut orders = Vec::new();
+    for n in 0..ORDERS {
+        let (user, _, _, _) = payments[n * PAYMENTS_PER_USER];
+        let order = PayOrder {
+            command_id: Uuid::new_v4(),
+            order_id: testkit::unique("flow-order"),
+            user_id: user,
+            wallet_id: None,
+            amount: Amount::from_minor(777 + n as i64).expect("an amount").into(),
+            currency: "RUB".into(),
+            description: "a flow order over pay.order".into(),
+            ordered_at: paystream_schemas::time::now(),
+        };
+        for _ in 0..2 {
+            orders_client
+                .send(topics::PAY_ORDER, &order)
+                .await
+                .unwrap_or_else(|e| panic!("sending an order: {e}"));
+        }
+        orders.push(order);
     }
     // An idempotent replay answers the same and reserves nothing more.
     let (user, wallet, id, amount) = payments[0];
@@ -389,9 +486,11 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
     assert!(findings.clean(), "{report}");
     assert_eq!(findings.payments.get("pending"), None);
     let settled: usize = findings.payments.values().sum();
-    assert_eq!(settled, payments.len(), "every payment of the test is in the audit");
-    assert_eq!(findings.results, payments.len(), "one result each");
-    assert_eq!(findings.provider_checked, payments.len(), "the provider was asked about each");
+    let all = payments.len() + orders.len();
+    assert_eq!(settled, all, "every payment of the test, the orders' included, is in the audit");
+    assert_eq!(findings.results, all, "one result each");
+    assert_eq!(findings.provider_checked, all, "the provider was asked about each");
+    assert_orders_answered_once(&db, &codec, &orders, &order_paid, &order_failed).await;
     // Not a vacuous pass: both outcomes happened, and the provider's faults were exercised.
     assert!(findings.payments.get("completed").is_some_and(|&n| n > 0), "{report}");
     assert!(findings.payments.get("cancelled").is_some_and(|&n| n > 0), "{report}");
