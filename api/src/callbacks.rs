@@ -30,6 +30,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use paystream_schemas::events::{topics, ProviderCallbackReceived, ProviderStatus};
 use paystream_schemas::time;
+use paystream_stack::trace;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
@@ -182,8 +183,11 @@ pub async fn receive(
         provider_timestamp,
         received_at,
     };
+    crate::http_trace::record_payment(event.payment_id);
+    // The callback's outbox row continues the payment's trace (the provider's request carried it).
+    let traceparent = trace::outgoing(headers.get(trace::TRACEPARENT).map(|v| v.as_bytes()));
     let payload = state.codec.encode(&event).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let answered_at = record(&state, &event, &payload).await?;
+    let answered_at = record(&state, &event, &payload, traceparent.as_deref()).await?;
     Ok(Json(CallbackAccepted { payment_id: event.payment_id, timestamp: timestamp::format(answered_at) }))
 }
 
@@ -193,6 +197,7 @@ async fn record(
     state: &AppState,
     event: &ProviderCallbackReceived,
     payload: &[u8],
+    traceparent: Option<&str>,
 ) -> Result<DateTime<Utc>, ApiError> {
     let mut tx = state.ledger.begin().await?;
     // As the payment's verdict. No conflict target: either the same callback is recorded
@@ -200,13 +205,14 @@ async fn record(
     // index); ON CONFLICT waits for a concurrent inserter of either to commit.
     if insert(&mut tx, event, Disposition::Forwarded).await? {
         sqlx::query(
-            "INSERT INTO ledger_outbox (id, aggregatetype, aggregateid, type, payload)
-             VALUES ($1, $2, $3, 'ProviderCallbackReceived', $4)",
+            "INSERT INTO ledger_outbox (id, aggregatetype, aggregateid, type, payload, traceparent)
+             VALUES ($1, $2, $3, 'ProviderCallbackReceived', $4, $5)",
         )
         .bind(event.event_id)
         .bind(topics::PAYMENTS_CALLBACKS)
         .bind(event.payment_id.to_string())
         .bind(payload)
+        .bind(traceparent)
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM ledger_outbox WHERE id = $1").bind(event.event_id).execute(&mut *tx).await?;

@@ -25,6 +25,7 @@
 //!   forward only a payment's first verdict.
 //! - [`signature`]: Stripe-style HMAC signatures of callbacks.
 //! - [`metrics`]: Prometheus metrics of the edge.
+//! - [`http_trace`]: a server span per request, under the caller's `traceparent` (one payment, one trace).
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers, served and checked in.
 
 pub mod accounts;
@@ -33,6 +34,7 @@ pub mod callbacks;
 pub mod cancel;
 pub mod error;
 pub mod extract;
+pub mod http_trace;
 pub mod metrics;
 pub mod money;
 pub mod openapi;

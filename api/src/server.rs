@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{accounts, callbacks, cancel, openapi, payments};
+use crate::{accounts, callbacks, cancel, http_trace, openapi, payments};
 
 /// The largest request body accepted; a payment is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), record))
+        .layer(middleware::from_fn(http_trace::server_span))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }

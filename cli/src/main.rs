@@ -1,6 +1,6 @@
 //! `paystream`: one binary, a subcommand per process or operator task.
 //!
-//! `main` only parses the command line, sets up logging and dispatches; each
+//! `main` only parses the command line, sets up logging and traces ([`telemetry`]) and dispatches; each
 //! subcommand's work lives in its own module (and, for processes, in its own crate).
 
 mod api;
@@ -20,6 +20,7 @@ mod schemas;
 mod settle;
 mod shutdown;
 mod status;
+mod telemetry;
 mod token;
 mod topics;
 mod view;
@@ -81,17 +82,34 @@ enum Command {
     View(view::Args),
 }
 
+impl Command {
+    /// The name a long-running process exports its spans under (`paystream-<name>`); `None` for
+    /// the operator's commands, which export nothing.
+    fn traced_service(&self) -> Option<&'static str> {
+        match self {
+            Command::Api(_) => Some("api"),
+            Command::Settle(_) => Some("settle"),
+            Command::Saga(_) => Some("saga"),
+            Command::Timers(_) => Some("timers"),
+            Command::Dispatch(_) => Some("dispatch"),
+            Command::ProviderSim(_) => Some("provider-sim"),
+            _ => None,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let telemetry = telemetry::init(cli.command.traced_service())?;
     let settings = StackSettings::from_env();
-    match cli.command {
+    let result = run(cli.command, settings).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run(command: Command, settings: StackSettings) -> anyhow::Result<()> {
+    match command {
         Command::Api(args) => api::run(&settings, args).await,
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Topics(command) => topics::run(&settings, command).await,

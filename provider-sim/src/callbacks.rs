@@ -22,6 +22,7 @@ use paystream_api::{signature, timestamp};
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::charges::Entry;
@@ -93,7 +94,16 @@ pub(crate) fn schedule(sim: Arc<Sim>, key: String, payment_id: Uuid, plan: Plan,
     sim.metrics.pending().inc();
     let guard = PendingGuard(sim.metrics.pending().clone());
     let accepted_at = Utc::now();
-    tokio::spawn(async move {
+    // The callbacks' span, a child of the charge request's: each POST carries its context, so the
+    // API's callback joins the payment's trace.
+    let span = tracing::info_span!(
+        "provider callbacks",
+        otel.name = "provider-sim callbacks",
+        otel.kind = "producer",
+        payment_id = %payment_id,
+        delay_ms = plan.delay.as_millis() as u64,
+    );
+    let delivery = async move {
         let _slot = slot;
         let _guard = guard;
         let mut abandon = sim.abandon.clone();
@@ -131,7 +141,8 @@ pub(crate) fn schedule(sim: Arc<Sim>, key: String, payment_id: Uuid, plan: Plan,
                 abandoned(&sim, &key);
             }
         }
-    });
+    };
+    tokio::spawn(delivery.instrument(span));
 }
 
 fn abandoned(sim: &Sim, key: &str) {
@@ -214,9 +225,12 @@ async fn post(sim: &Sim, notice: &Notice) -> Attempt {
     // The semaphore is never closed, so acquiring only waits.
     let Ok(_slot) = sim.posting.acquire().await else { return Attempt::Transient("closed".into()) };
     let signed = signature::sign(&sim.config.signing_secret, Utc::now().timestamp(), &notice.body);
+    let mut trace_headers = reqwest::header::HeaderMap::new();
+    paystream_stack::trace::inject_http(&mut trace_headers);
     let sent = sim
         .http
         .post(&sim.config.callback_url)
+        .headers(trace_headers)
         .header("content-type", "application/json")
         .header(signature::HEADER, signed)
         .header(EVENT_ID_HEADER, &notice.event_id)

@@ -319,6 +319,7 @@ pub(crate) async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, body
             return problem(invalid.status, invalid.slug, &invalid.detail);
         }
     };
+    paystream_api::http_trace::record_payment(charge.payment_id);
     let decision = decide(&sim, &key, &charge);
     match decision {
         Decision::Accept(plan, slot) => {

@@ -62,6 +62,7 @@ fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/charges/{key}/refund", post(charges::refund))
         .route("/metrics", get(|State(sim): State<Arc<Sim>>| async move { sim.metrics.render() }))
         .route("/health", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn(paystream_api::http_trace::server_span))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(sim)
 }

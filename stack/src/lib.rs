@@ -20,6 +20,8 @@
 //! - [`supervisor`]: paystream processes started, killed, paused and restarted the way
 //!   `dev/run` and the chaos run need them.
 //! - [`testkit`]: helpers for integration tests against the real stack.
+//! - [`trace`]: the W3C trace context across Kafka and HTTP headers, and each hop's span, so one
+//!   payment is one trace.
 
 pub mod connect;
 pub mod fault_proxy;
@@ -28,6 +30,7 @@ pub mod postgres;
 pub mod settings;
 pub mod supervisor;
 pub mod testkit;
+pub mod trace;
 pub mod wait;
 
 pub use settings::StackSettings;

@@ -59,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paystream_schemas::{DecodeError, Event, EventCodec};
-use paystream_stack::kafka;
+use paystream_stack::{kafka, trace};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -67,6 +67,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::error::SRCError;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::dlq::{DeadLetter, DeadLetterQueue, SourceRecord};
 use crate::retry::{self, Backoff, RetryError, RetryPolicy};
@@ -498,7 +499,16 @@ async fn worker<H: Handler>(
                 None => return Ok(()),
             },
         };
-        match shared.process(&record, &mut stop).await? {
+        // One span per record, under the trace its headers carry (paystream_stack::trace).
+        let span = trace::record_span(
+            shared.config.processor,
+            record.topic(),
+            record.partition(),
+            record.offset(),
+            record.key().and_then(|key| std::str::from_utf8(key).ok()).unwrap_or_default(),
+            trace::parent_from_kafka(record.headers()),
+        );
+        match shared.process(&record, &mut stop).instrument(span).await? {
             Finished::Done => {
                 shared.store_and_commit(&record);
                 shared.metrics.record_finished();

@@ -81,8 +81,8 @@ use std::time::Duration;
 
 use paystream_schemas::events::{topics, ChargeCommand, DispatchOutcome, DispatchResult};
 use paystream_schemas::{time, EventCodec};
-use paystream_stack::kafka;
 use paystream_stack::StackSettings;
+use paystream_stack::{kafka, trace};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -506,7 +506,8 @@ impl Dispatch {
     }
 
     /// Encodes and produces `outcome` keyed by its paymentId, and waits for the broker's
-    /// acknowledgement. The command's `traceparent` header travels on. Retried here, not
+    /// acknowledgement. Its `traceparent` is the dispatch span's (a child of the command's), or the
+    /// command's own when traces are not exported. Retried here, not
     /// by the loop, so a Kafka hiccup does not repeat the HTTP call.
     async fn publish(&self, outcome: &DispatchOutcome, context: &mut Context<'_>) -> Handled<DispatchError> {
         let codec = &self.codec;
@@ -522,9 +523,11 @@ impl Dispatch {
             }
         };
         let key = outcome.payment_id.to_string();
-        let traceparent = context.message.headers().and_then(|headers| {
-            headers.iter().find(|h| h.key == "traceparent").and_then(|h| h.value.map(<[u8]>::to_vec))
-        });
+        let incoming = context
+            .message
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == trace::TRACEPARENT).and_then(|h| h.value));
+        let traceparent = trace::outgoing(incoming);
         let topic = &self.config.outcomes_topic;
         let sent = context
             .retry(
@@ -533,7 +536,8 @@ impl Dispatch {
                     let mut headers = OwnedHeaders::new()
                         .insert(Header { key: "eventType", value: Some("DispatchOutcome") });
                     if let Some(traceparent) = &traceparent {
-                        headers = headers.insert(Header { key: "traceparent", value: Some(traceparent) });
+                        headers =
+                            headers.insert(Header { key: trace::TRACEPARENT, value: Some(traceparent) });
                     }
                     let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
                     async move {

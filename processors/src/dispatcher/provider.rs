@@ -17,7 +17,9 @@
 use std::time::Duration;
 
 use paystream_schemas::events::ChargeCommand;
+use paystream_stack::trace;
 use serde::Serialize;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The path of the charge endpoint, under the provider's base URL.
@@ -158,8 +160,23 @@ impl ProviderClient {
         &self.charges_url
     }
 
-    /// One attempt to charge `command`.
+    /// One attempt to charge `command`, in a client span of its own whose trace context the
+    /// request carries (`traceparent`), so the provider's work joins the payment's trace.
     pub async fn charge(&self, command: &ChargeCommand) -> Attempt {
+        let span = tracing::info_span!(
+            "provider charge",
+            otel.name = "POST /v1/charges",
+            otel.kind = "client",
+            payment_id = %command.payment_id,
+            http.request.method = "POST",
+            url.full = %self.charges_url,
+        );
+        self.charge_once(command).instrument(span).await
+    }
+
+    async fn charge_once(&self, command: &ChargeCommand) -> Attempt {
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        trace::inject_http(&mut trace_headers);
         let body = ChargeBody {
             payment_id: command.payment_id,
             amount: command.amount.to_string(),
@@ -170,6 +187,7 @@ impl ProviderClient {
             .http
             .post(&self.charges_url)
             .header(IDEMPOTENCY_KEY_HEADER, command.payment_id.to_string())
+            .headers(trace_headers)
             .json(&body)
             .send()
             .await;

@@ -24,6 +24,7 @@ use paystream_schemas::events::{
     ProviderRequest, ProviderStatus, ReconciliationEvent, Remedy, TimerChange, TimerEvent, TimerKind,
 };
 use paystream_schemas::money::Amount;
+use paystream_stack::trace;
 use paystream_topology::topology::Serialized;
 use paystream_topology::{
     BoxError, ProcessError, Processor, ProcessorContext, RawRecord, Record, StoreSpec, Topology,
@@ -366,6 +367,8 @@ struct EarlyCallback {
 struct Saga {
     settings: SagaSettings,
     metrics: SagaMetrics,
+    /// The `traceparent` of what the current record makes ([`Saga::traced`]): its span's.
+    traceparent: Option<String>,
 }
 
 type Ctx<'a> = ProcessorContext<'a, Uuid, SagaEvent>;
@@ -416,7 +419,7 @@ impl Saga {
             due_at: Self::after(ctx, after)?,
             change: TimerChange::Scheduled { scheduled_at: Self::now(ctx) },
         };
-        ctx.forward_to("timers", Record::new(id, SagaEvent::Timer(timer), timestamp_ms))
+        ctx.forward_to("timers", self.traced(Record::new(id, SagaEvent::Timer(timer), timestamp_ms)))
     }
 
     /// The id of the one timer of `kind` of a payment (retry timers have one per round).
@@ -568,7 +571,7 @@ impl Saga {
         state.published_reason = Some(result.reason.clone());
         state.published_at_ms = Some(result.decided_at.timestamp_millis());
         self.metrics.results.with_label_values(&[status.symbol()]).inc();
-        ctx.forward_to("results", Record::new(id, SagaEvent::Result(result), ts))
+        ctx.forward_to("results", self.traced(Record::new(id, SagaEvent::Result(result), ts)))
     }
 
     /// Forwards the payment's one result again, as it was published (same id, status, reason
@@ -600,7 +603,7 @@ impl Saga {
             decided_at,
         };
         tracing::info!(payment_id = %id, status = status.symbol(), payment_result_id = %result.payment_result_id, "payment initiated again after its result: the result is forwarded again");
-        ctx.forward_to("results", Record::new(id, SagaEvent::Result(result), ts))
+        ctx.forward_to("results", self.traced(Record::new(id, SagaEvent::Result(result), ts)))
     }
 
     /// Issues `request` with a new id and waits for its answer; returns the id.
@@ -634,7 +637,7 @@ impl Saga {
         };
         self.metrics.provider_requests.with_label_values(&[action.label()]).inc();
         let request = ProviderRequest { request_id, payment_id: id, action, issued_at: Self::now(ctx) };
-        ctx.forward_to("requests", Record::new(id, SagaEvent::Request(request), ts))?;
+        ctx.forward_to("requests", self.traced(Record::new(id, SagaEvent::Request(request), ts)))?;
         Ok(request_id)
     }
 
@@ -674,7 +677,7 @@ impl Saga {
             evidence,
             "the provider charged a payment that had failed: refund requested, reconciliation event published"
         );
-        ctx.forward_to("reconciliation", Record::new(id, SagaEvent::Reconciliation(event), ts))
+        ctx.forward_to("reconciliation", self.traced(Record::new(id, SagaEvent::Reconciliation(event), ts)))
     }
 
     fn initiated(&self, ctx: &mut Ctx<'_>, p: PaymentInitiated, ts: i64) -> Result<(), ProcessError> {
@@ -703,7 +706,7 @@ impl Saga {
             issued_at: Self::now(ctx),
             not_after: Some(Self::after(ctx, self.settings.charge_deadline)?),
         };
-        ctx.forward_to("commands", Record::new(id, SagaEvent::Charge(command), ts))?;
+        ctx.forward_to("commands", self.traced(Record::new(id, SagaEvent::Charge(command), ts)))?;
         let timer = (TimerKind::PaymentTimeout, Self::timer_id(id, TimerKind::PaymentTimeout, None));
         self.schedule(ctx, id, timer, self.settings.payment_timeout, ts)?;
         if let Some(early) = early {
@@ -808,6 +811,9 @@ impl Saga {
 
 impl Processor<Uuid, SagaEvent> for Saga {
     fn process(&mut self, record: Record<Uuid, SagaEvent>, ctx: &mut Ctx<'_>) -> Result<(), ProcessError> {
+        let span = record_span("saga", &record, ctx);
+        let _entered = span.enter();
+        self.traceparent = trace::outgoing(record.header(trace::TRACEPARENT));
         let (id, ts) = (record.key, record.timestamp_ms);
         match record.value {
             SagaEvent::Initiated(p) => self.initiated(ctx, p, ts),
@@ -839,6 +845,28 @@ impl Processor<Uuid, SagaEvent> for Saga {
     }
 }
 
+/// One payment, one trace (`paystream_stack::trace`): the span of each record the saga processes,
+/// and the `traceparent` of what it sends on.
+impl Saga {
+    /// `record` with the current record's `traceparent` (the saga span's, or the input's when
+    /// traces are not exported): commands, requests, results and timers continue the trace.
+    fn traced<V>(&self, record: Record<Uuid, V>) -> Record<Uuid, V> {
+        match &self.traceparent {
+            Some(traceparent) => record.with_header(trace::TRACEPARENT, traceparent.as_bytes()),
+            None => record,
+        }
+    }
+}
+
+/// The span of `processor`'s work on `record` (`saga`, `timers`), a child of the trace its headers carry.
+pub(super) fn record_span(processor: &str, record: &Record<Uuid, SagaEvent>, ctx: &Ctx<'_>) -> tracing::Span {
+    let parent = trace::parent_from_pairs(record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    let (topic, partition, offset) = ctx
+        .record_metadata()
+        .map_or(("", ctx.partition(), -1), |m| (m.topic.as_str(), m.partition, m.offset));
+    trace::record_span(processor, topic, partition, offset, &record.key.to_string(), parent)
+}
+
 /// Whether [`Saga::apply`] writes the payment's state for `decision`.
 fn saves(decision: Decision) -> bool {
     matches!(
@@ -868,7 +896,7 @@ pub fn topology<C: SagaCodec>(
         )
         .add_processor(
             "saga",
-            move || Saga { settings: settings.clone(), metrics: metrics.clone() },
+            move || Saga { settings: settings.clone(), metrics: metrics.clone(), traceparent: None },
             &["initiated", "callbacks", "outcomes", "timer-events", "cancel-requests"],
         )
         .add_state_store(StoreSpec::persistent(STORE), &["saga"])

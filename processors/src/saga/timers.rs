@@ -61,6 +61,12 @@ impl Processor<Uuid, SagaEvent> for Timers {
         record: Record<Uuid, SagaEvent>,
         ctx: &mut ProcessorContext<'_, Uuid, SagaEvent>,
     ) -> Result<(), ProcessError> {
+        // A scheduling joins the payment's trace (the saga's timer record carries it); a fired
+        // timer is not traced: the due index keeps no trace context.
+        let scheduled =
+            matches!(&record.value, SagaEvent::Timer(t) if matches!(t.change, TimerChange::Scheduled { .. }));
+        let span = scheduled.then(|| super::processor::record_span("timers", &record, ctx));
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let SagaEvent::Timer(timer) = record.value else {
             return Err(ProcessError::poison("not a timer event"));
         };
