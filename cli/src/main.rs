@@ -131,3 +131,4 @@ async fn run(command: Command, settings: StackSettings) -> anyhow::Result<()> {
         Command::View(args) => view::run(&settings, args).await,
     }
 }
+            Command::View(_) => Some("view"),
