@@ -93,6 +93,7 @@ impl Command {
             Command::Timers(_) => Some("timers"),
             Command::Dispatch(_) => Some("dispatch"),
             Command::ProviderSim(_) => Some("provider-sim"),
+            Command::View(_) => Some("view"),
             _ => None,
         }
     }
@@ -131,4 +132,3 @@ async fn run(command: Command, settings: StackSettings) -> anyhow::Result<()> {
         Command::View(args) => view::run(&settings, args).await,
     }
 }
-            Command::View(_) => Some("view"),
