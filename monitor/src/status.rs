@@ -490,7 +490,8 @@ pub fn render(report: &Report) -> String {
                     }
                     vec![
                         g.group.clone(),
-                        g.protocol_type.clone(),
+                        // A group that only ever committed offsets (no member joined) has no type.
+                        if g.protocol_type.is_empty() { "-".to_owned() } else { g.protocol_type.clone() },
                         g.state.clone(),
                         g.members.to_string(),
                         g.partitions.len().to_string(),
