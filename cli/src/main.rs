@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod chaos;
+mod client;
 mod connect;
 mod dispatch;
 mod lag_exporter;
@@ -13,6 +14,7 @@ mod load;
 mod metrics_server;
 mod migrate;
 mod orders;
+mod pay;
 mod provider_sim;
 mod reservations;
 mod saga;
@@ -24,6 +26,7 @@ mod telemetry;
 mod token;
 mod topics;
 mod view;
+mod wallet;
 
 use clap::{Parser, Subcommand};
 use paystream_stack::StackSettings;
@@ -66,6 +69,13 @@ enum Command {
     Reservations(reservations::Command),
     /// Mint a bearer token for calling the API by hand (HS256 secret required).
     Token(token::Args),
+    /// Pay from a wallet by hand through the API; `--follow` prints each state change until terminal.
+    Pay(pay::Args),
+    /// Cancel one of a user's payments through the API; `--follow` waits until it is decided.
+    Cancel(pay::CancelArgs),
+    /// A wallet by hand through the API: `create`, `deposit` (as an operator), `show`.
+    #[command(subcommand)]
+    Wallet(wallet::Command),
     /// Benchmark: payments at a rate through the running pipeline, each followed to settlement.
     Load(load::Args),
     /// Avro contracts in the Schema Registry.
@@ -122,6 +132,9 @@ async fn run(command: Command, settings: StackSettings) -> anyhow::Result<()> {
         Command::ProviderSim(args) => provider_sim::run(args).await,
         Command::Reservations(command) => reservations::run(&settings, command).await,
         Command::Token(args) => token::run(args),
+        Command::Pay(args) => pay::run(args).await,
+        Command::Cancel(args) => pay::cancel(args).await,
+        Command::Wallet(command) => wallet::run(command).await,
         Command::Load(args) => load::run(&settings, args).await,
         Command::Audit(args) => audit::run(&settings, args).await,
         Command::Chaos(args) => chaos::run(&settings, args).await,
