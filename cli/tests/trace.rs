@@ -34,7 +34,7 @@ const JAEGER: &str = "http://127.0.0.1:16686";
 /// Jaeger's OTLP/HTTP receiver, given to the processes.
 const OTLP_ENDPOINT: &str = "http://127.0.0.1:4318";
 /// Ports the processes listen on; taken ports mean `dev/run` (or a leftover) is running.
-const PORTS: [u16; 6] = [8080, 8090, 9101, 9102, 9103, 9104];
+const PORTS: [u16; 7] = [8080, 8090, 9101, 9102, 9103, 9104, 9109];
 /// The batch span processor's export interval in the processes (the SDK's default is 5 s).
 const EXPORT_INTERVAL_MS: u64 = 500;
 /// Budget for the payment to be settled.
