@@ -34,6 +34,7 @@ const COMPONENTS: &[&str] = &[
     "paystream saga",
     "paystream timers",
     "paystream view",
+    "paystream orders",
     "paystream lag-exporter",
 ];
 

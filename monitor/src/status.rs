@@ -25,7 +25,7 @@ pub const STUCK_LISTED_MAX: i64 = 5;
 const PARTITIONS_NAMED_MAX: usize = 3;
 /// The paystream processes probed, by their `dev/services` names; each answers at its default
 /// address ([`default_readiness`]).
-pub const PROCESSES: &[&str] = &["api", "provider-sim", "settle", "dispatch", "saga", "timers"];
+pub const PROCESSES: &[&str] = &["api", "provider-sim", "settle", "dispatch", "saga", "timers", "orders"];
 /// Processes [`default_readiness`] does not know yet, at their default metrics address.
 const MORE_PROCESSES: &[(&str, &str)] = &[("view", "http://127.0.0.1:9105/metrics")];
 /// Where `paystream lag-exporter` serves its metrics by default.
