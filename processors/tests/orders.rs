@@ -778,3 +778,58 @@ async fn the_inbox_killed_mid_stream_debits_no_order_twice_and_loses_none() {
     assert_money_conserved(&door.db, wallet.wallet_id).await;
     door.close().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The wallet database away: retried, never dead-lettered.
+
+/// How long the wallet database stays away from the inbox.
+const DB_OUTAGE: Duration = Duration::from_secs(8);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_met_by_a_database_outage_are_retried_not_dead_lettered() {
+    let mut door = Door::open().await;
+    door.inbox.take().expect("started").stop("the in-process inbox").await;
+    // The inbox reaches the wallet database through a proxy the test switches off.
+    let upstream = "127.0.0.1:5432";
+    assert!(door.settings.wallet_db_url.contains(upstream), "the stack's database is at {upstream}");
+    let proxy = paystream_stack::fault_proxy::FaultProxy::start(upstream).expect("fault proxy");
+    let mut config = door.inbox_config();
+    config.wallet_db_url = door.settings.wallet_db_url.replace(upstream, &proxy.addr().to_string());
+    let metrics = config.metrics.clone();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(orders::run(config, async {
+        let _ = stopped.await;
+    }));
+    let inbox = Running { stop, task };
+
+    let wallet = seed_wallet(&door.db, "100.00").await;
+    let first = command(&wallet, "10.00");
+    door.send(&first).await;
+    await_row(&door.db, &first.order_id, None).await;
+
+    proxy.set_up(false);
+    let during: Vec<PayOrder> = (0..3).map(|_| command(&wallet, "10.00")).collect();
+    for order in &during {
+        door.send(order).await;
+    }
+    let started = Instant::now();
+    while metrics.consumer().retries_total("record") == 0 {
+        assert!(started.elapsed() < TIMEOUT, "the inbox never met the outage");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    tokio::time::sleep(DB_OUTAGE).await;
+    proxy.set_up(true);
+
+    for order in &during {
+        let (outcome, _, _) = await_row(&door.db, &order.order_id, None).await;
+        assert_eq!(outcome, "RESERVED", "{}", order.order_id);
+    }
+    assert_eq!(metrics.commands_total("reserved"), 4);
+    assert_eq!(balance(&door.db, wallet.wallet_id).await, (money("60.00"), money("40.00")));
+    let dlq = testkit::consumer(&door.settings, &door.dlq, "read_committed");
+    let letters = consume_until(&dlq, Duration::from_secs(5), SETTLE, |_| true);
+    assert!(letters.is_empty(), "nothing is dead-lettered for an outage: {letters:#?}");
+    inbox.stop("the inbox behind the proxy").await;
+    assert_money_conserved(&door.db, wallet.wallet_id).await;
+    door.close().await;
+}

@@ -469,6 +469,23 @@ mod tests {
     }
 
     #[test]
+    fn a_database_or_registry_away_is_retried_and_a_broken_invariant_is_not() {
+        assert!(InboxError::Database(sqlx::Error::PoolTimedOut).is_retriable());
+        assert!(InboxError::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()))
+            .is_retriable());
+        assert!(!InboxError::Database(sqlx::Error::RowNotFound).is_retriable());
+        let breach = WalletError::Refused(Refusal::ReservationShort {
+            reserved: rust_decimal::Decimal::ZERO,
+            amount: Amount::from_minor(1).unwrap(),
+        });
+        assert!(!InboxError::from(breach).is_retriable());
+        assert!(matches!(
+            InboxError::from(WalletError::Database(sqlx::Error::PoolTimedOut)),
+            InboxError::Database(_)
+        ));
+    }
+
+    #[test]
     fn an_invalid_amount_is_not_carried_into_the_answer() {
         let c = PayOrder {
             amount: paystream_schemas::events::CommandAmount::from_avro_bytes(vec![0xFF]),
