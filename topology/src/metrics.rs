@@ -28,6 +28,9 @@ pub struct StreamsMetrics {
     pub restore_records: IntCounterVec,
     /// Restore time per store and task.
     pub restore_duration: HistogramVec,
+    /// Changelog partitions restoration had to read, per store. A start whose checkpoints are at
+    /// their changelogs' ends reads none (a warm restart).
+    pub restore_partitions: IntCounterVec,
     /// Records still to restore per store and partition (0 when running).
     pub restore_remaining: IntGaugeVec,
     /// Consumer lag per source topic and partition, from librdkafka's statistics.
@@ -107,6 +110,11 @@ impl StreamsMetrics {
                 &["store"],
             ),
             restore_duration,
+            restore_partitions: counter(
+                "paystream_topology_restore_partitions_total",
+                "Changelog partitions read by restoration",
+                &["store"],
+            ),
             restore_remaining: gauge(
                 "paystream_topology_restore_remaining_records",
                 "Changelog records left to restore",

@@ -159,12 +159,12 @@ fn child_counting_app() {
     config.commit_interval = Duration::from_millis(1500);
     config.instance_id = Some(env(CHILD_INSTANCE));
     let streams = Streams::start(counting(&env(CHILD_INPUT), &env(CHILD_OUTPUT)), config).expect("start");
-    let flag = streams.shutdown_flag();
+    let shutdown = streams.shutdown_handle();
     // SIGTERM → clean shutdown, as a deployment would send.
     let mut signals = signal_hook_like::Term::new();
     while !streams.is_finished() {
         if signals.received() {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            shutdown.request();
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -656,5 +656,156 @@ async fn a_retriable_deserializer_error_is_retried_until_it_succeeds_and_nothing
     assert_eq!(high, 0, "nothing reached the dead-letter topic");
     assert_eq!(streams.state(), StreamsState::Running, "retries do not stop the runtime");
     streams.close().unwrap();
+    topics.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restoration in the loop, and warm restarts.
+
+/// Changelog records the large-restore test writes: enough that restoring them takes far longer
+/// than processing a few records of another task and committing them.
+const LARGE_CHANGELOG_RECORDS: usize = 1_000_000;
+
+/// Writes `count` records straight to partition `partition` of `topic` (a changelog, as a
+/// previous owner would have left it).
+fn fill_changelog(settings: &StackSettings, topic: &str, partition: i32, count: usize) {
+    let producer: BaseProducer = idempotent_producer(&settings.kafka_bootstrap)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    for i in 0..count {
+        let key = format!("big{i}");
+        let mut record = BaseRecord::to(topic).partition(partition).key(&key).payload("1");
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => panic!("filling the changelog: {error}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flushing the changelog records");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_restoring_a_large_changelog_does_not_hold_back_another_tasks_input() {
+    let topics = Topics::new("bigrestore", 2).await;
+    let changelog = format!("{}-counts-changelog", topics.app);
+    // A first run creates the changelog (with the configuration the runtime checks).
+    let first = tempfile::tempdir().unwrap();
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(first.path())).unwrap();
+    wait_running(&streams);
+    streams.close().unwrap();
+    fill_changelog(&topics.settings, &changelog, 0, LARGE_CHANGELOG_RECORDS);
+
+    // Input for task 1 only, then an instance with no local state: task 0 must restore a million
+    // records, task 1 nothing.
+    let keys: Vec<String> =
+        (0..).map(|i| format!("k{i}")).filter(|k| partition_for_key(k.as_bytes(), 2) == 1).take(5).collect();
+    let producer = producer(&topics.settings);
+    for key in &keys {
+        send(&producer, &topics.input, key, b"x", None);
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
+    let fresh = tempfile::tempdir().unwrap();
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(fresh.path())).unwrap();
+    // Task 1's committed counts, read from its store as soon as they are there.
+    let store = streams.store("counts").unwrap();
+    let started = Instant::now();
+    while !keys.iter().all(|k| store.get(k.as_bytes()).unwrap() == Some(b"1".to_vec())) {
+        assert!(!streams.is_finished(), "the runtime stopped");
+        assert!(started.elapsed() < OUTPUT_TIMEOUT, "task 1's counts not committed after {OUTPUT_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Right then: task 0 is still restoring.
+    let remaining = streams.metrics().restore_remaining.with_label_values(&["counts", "0"]).get();
+    let active = streams.assigned_partitions();
+    assert!(
+        remaining > 0 && active == vec![1],
+        "task 1 was processed while task 0 restored (remaining {remaining}, active {active:?})"
+    );
+    assert_ne!(streams.state(), StreamsState::Running, "restoring: not running yet");
+
+    wait_running(&streams);
+    let outputs = consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(keys.len()));
+    assert_eq!(outputs.len(), keys.len(), "one output per input of task 1");
+    assert!(outputs.iter().all(|r| r.value_str() == "1"), "{outputs:?}");
+    assert_eq!(store.get(b"big0").unwrap(), Some(b"1".to_vec()), "task 0 restored");
+    let last = format!("big{}", LARGE_CHANGELOG_RECORDS - 1);
+    assert_eq!(store.get(last.as_bytes()).unwrap(), Some(b"1".to_vec()), "task 0 restored to the end");
+    assert!(
+        streams.metrics().restore_records.with_label_values(&["counts"]).get()
+            >= LARGE_CHANGELOG_RECORDS as u64
+    );
+    assert_eq!(
+        streams.metrics().rebalances.with_label_values(&["revoked"]).get(),
+        0,
+        "the restore never cost the group membership"
+    );
+    for key in &keys {
+        assert_eq!(store.get(key.as_bytes()).unwrap(), Some(b"1".to_vec()), "{key} counted once");
+    }
+    streams.close().unwrap();
+    topics.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_restart_after_a_clean_stop_reads_no_changelog() {
+    let topics = Topics::new("warm", 4).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut expected = BTreeMap::new();
+    feed(&topics, 40, 5, &mut expected).await;
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
+    wait_running(&streams);
+    let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
+    consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(200));
+    let mut before = streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap();
+    streams.close().unwrap();
+
+    for restart in 1..=2 {
+        let started = Instant::now();
+        let streams =
+            Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
+        wait_running(&streams);
+        // Measured for the record, not asserted: the assertions are on what was read.
+        eprintln!("warm restart {restart}: running after {} ms", started.elapsed().as_millis());
+        let metrics = streams.metrics();
+        assert_eq!(
+            metrics.restore_partitions.with_label_values(&["counts"]).get(),
+            0,
+            "restart {restart}: every checkpoint is at its changelog's end, so no changelog partition is fetched"
+        );
+        assert_eq!(
+            metrics.restore_records.with_label_values(&["counts"]).get(),
+            0,
+            "restart {restart}: nothing restored"
+        );
+        assert_eq!(streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap(), before);
+        if restart == 1 {
+            // Work between the restarts: the next clean stop must catch up past its commits too.
+            let mut more = BTreeMap::new();
+            feed(&topics, 40, 1, &mut more).await;
+            consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(40));
+        }
+        let now = streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap();
+        streams.close().unwrap();
+        if restart == 1 {
+            assert!(now.iter().all(|(_, v)| v == b"6"), "every key counted 6 times: {now:?}");
+        }
+        before = now;
+    }
     topics.cleanup().await;
 }

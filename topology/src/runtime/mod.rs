@@ -13,25 +13,32 @@
 //! - `restore.rs`: reading a changelog back into a store;
 //! - `producer.rs`: the transactional producer and the classes of its failures;
 //! - `commit.rs`: commit and recovery;
-//! - `clients.rs` and `admin.rs`: the Kafka clients' settings and topic administration.
+//! - `shutdown.rs`: the one stop mechanism (a request, and the thread's end, on a watch channel);
+//! - `clients.rs` and `admin.rs`: the Kafka clients' settings and topic administration (and the
+//!   changelogs' configuration checks);
+//! - `faults.rs`: commit faults a failure test injects at the producer's commit.
 
 mod admin;
 mod clients;
 mod commit;
+pub mod faults;
 mod producer;
 pub mod restore;
+mod shutdown;
 pub mod state_directory;
 mod stream_thread;
 mod task_manager;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer as _, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
+
+pub use shutdown::ShutdownHandle;
 
 use crate::dlq::ErrorPolicy;
 use crate::metrics::StreamsMetrics;
@@ -208,8 +215,10 @@ pub enum StreamsState {
 pub struct Streams {
     /// The stream thread.
     thread: Option<JoinHandle<Result<(), StreamsError>>>,
-    /// Set to ask the thread to stop.
-    shutdown: Arc<AtomicBool>,
+    /// Asks the thread to stop; learns of its end.
+    shutdown: ShutdownHandle,
+    /// Kept for `key_owner`'s group descriptions, so a query does not build a client.
+    metadata: BaseConsumer<DefaultConsumerContext>,
     /// Current state.
     state: Arc<Mutex<StreamsState>>,
     /// Metrics registry and collectors.
@@ -247,13 +256,15 @@ impl Streams {
             .filter(|s| s.logged)
             .map(|s| s.changelog_topic(&config.application_id))
             .collect();
-        admin::ensure_changelogs(&config, &changelogs, partitions)?;
+        let changelog_retention = admin::ensure_changelogs(&config, &changelogs, partitions)?;
         tracing::info!(application_id = %config.application_id, instance = config.instance_id.as_deref().unwrap_or(""),
             partitions, topology = %topology.describe(), "starting");
 
         let metrics = StreamsMetrics::new(&config.application_id);
         let registry: QueryRegistry = Arc::new(RwLock::new(BTreeMap::new()));
-        let shutdown = Arc::new(AtomicBool::new(false));
+        let shutdown = ShutdownHandle::new();
+        let metadata = clients::watermark_client(&config, DefaultConsumerContext)
+            .map_err(StreamsError::kafka("creating the metadata client"))?;
         let state = Arc::new(Mutex::new(StreamsState::Created));
         let stores = topology.stores().iter().map(|s| s.name.clone()).collect();
         let source_topic = topology.source_topics().into_iter().next().unwrap_or_default();
@@ -265,6 +276,7 @@ impl Streams {
                 registry: registry.clone(),
                 shutdown: shutdown.clone(),
                 state: state.clone(),
+                changelog_retention,
             };
             std::thread::Builder::new()
                 .name(format!("{}-stream", config.application_id))
@@ -274,6 +286,7 @@ impl Streams {
         Ok(Self {
             thread: Some(thread),
             shutdown,
+            metadata,
             state,
             metrics,
             registry,
@@ -286,11 +299,11 @@ impl Streams {
 
     /// Asks the instance to stop: finish the in-flight commit, close stores, leave the group.
     pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        self.shutdown.request();
     }
 
-    /// A flag that stops the instance when set (for signal handlers).
-    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+    /// A handle that stops the instance (for signal handlers) and awaits its end.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
     }
 
@@ -308,16 +321,10 @@ impl Streams {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), StreamsError> {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if self.is_finished() {
-                        break;
-                    }
-                }
-            }
+        let handle = self.shutdown.clone();
+        tokio::select! {
+            () = shutdown => {}
+            () = handle.stopped() => {}
         }
         // Joining blocks until the last commit is done: off the async workers.
         tokio::task::spawn_blocking(move || self.close()).await.map_err(|_| StreamsError::Panicked)?
@@ -360,13 +367,9 @@ impl Streams {
     /// coordinator: the member whose assignment holds the key's partition of the first source
     /// topic. Use it to route an interactive query to the instance that can answer it.
     pub fn key_owner(&self, key: &[u8]) -> Result<KeyOwner, StreamsError> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
         let partition = crate::partitioner::partition_for_key(key, self.partitions);
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.config.bootstrap_servers)
-            .create()
-            .map_err(StreamsError::kafka("creating the metadata client"))?;
-        let groups = consumer
+        let groups = self
+            .metadata
             .fetch_group_list(Some(&self.config.application_id), Duration::from_secs(10))
             .map_err(StreamsError::kafka("describing the consumer group"))?;
         let topic = self.source_topic.as_str();
@@ -404,11 +407,17 @@ impl Streams {
 }
 
 impl Drop for Streams {
-    /// Dropping a running instance stops it cleanly rather than leaving a thread behind.
+    /// Dropping a running instance stops it rather than leaving a thread behind. On a tokio
+    /// worker it does not wait for the stop (joining would block the worker for the last commit):
+    /// the stream thread finishes on its own, and whatever it does not finish before the process
+    /// exits is aborted by the broker and redone from the committed state. Elsewhere it waits.
+    /// Use `close` or `run_until` to wait for a clean stop and learn how it went.
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            self.shutdown.store(true, Ordering::SeqCst);
-            let _ = thread.join();
+            self.shutdown.request();
+            if tokio::runtime::Handle::try_current().is_err() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -1,27 +1,72 @@
-//! Restoration: bring one store of one task up to the end of its changelog partition before the
-//! task processes anything.
+//! Restoration: bring a task's stores up to their changelogs before the task processes anything.
+//! Kafka Streams' `StoreChangelogReader` driven by its state updater.
 //!
-//! The restore consumer reads `read_committed`, so aborted changelog writes are never restored,
-//! and stops at the partition's end (librdkafka's partition-EOF event, which under
-//! `read_committed` comes at the last stable offset). Records are applied in batches.
+//! # In the loop, not in the rebalance callback
+//! The [`ChangelogReader`] is stepped by the stream thread's loop, a bounded slice per turn
+//! ([`RESTORE_RECORDS_PER_TURN`]), between polls of the main consumer. The input partitions of a
+//! restoring task are paused on the main consumer (by the task manager), so the tasks that are
+//! ready keep processing while others restore, and the main consumer is polled every turn: a
+//! restore of any length never runs into `max.poll.interval.ms`. (Restoring inside the callback,
+//! as this runtime once did, held the whole instance for the restore's length.)
+//!
+//! # Where a restore ends
+//! The restore consumer reads `read_committed`, so aborted changelog writes are never restored.
+//! Under `read_committed` a consumer reaches only the *last stable offset* (LSO): the first offset
+//! of the oldest undecided transaction. That is not good enough as the end. A previous owner's
+//! last commit can be decided (its offsets committed and readable with `require_stable`, which
+//! librdkafka's `read_committed` consumer uses) while its commit marker on the changelog is still
+//! being written: then the LSO stands before that transaction's changelog records, a restore that
+//! stopped there would miss them, and the task would go on from offsets that already count them.
+//!
+//! So the end of a restore is the changelog's **high watermark seen when the task was opened**,
+//! after the assignment (every changelog record of an earlier owner's committed work is below
+//! it: the producer's records are acknowledged before it commits, and it commits before it gives
+//! the partition up). Reading starts only once the LSO has reached that end
+//! ([`Phase::Stabilizing`]): then every transaction with records below it is decided, and
+//! librdkafka's end-of-partition event, which comes when the fetch position reaches the LSO,
+//! means that every committed record below the end has been applied. Waiting is bounded by
+//! [`RESTORE_STALL_TIMEOUT`]; an undecided transaction lasts at most `transaction.timeout.ms`.
+//!
+//! # Where the next restore starts
+//! The position a restore reaches is at least that end, past the trailing commit markers, and it
+//! is what the checkpoint records. A checkpoint only at the last record + 1 would stand before
+//! the marker, so every start would fetch the marker again, and wait a broker's
+//! `fetch.wait.max.ms` (500 ms) per changelog partition for an end-of-partition event that
+//! librdkafka gives only on the fetch after the marker. A changelog whose checkpoint is at its
+//! high watermark is not fetched at all. A clean stop catches each store up the same way (see
+//! `TaskManager::close_all`), so a warm restart reads nothing.
+//!
+//! # One changelog per partition number at a time
+//! rust-rdkafka's end-of-partition error names the partition number but not the topic. Two
+//! changelogs of one task share the number, so at most one changelog partition per number is
+//! read at a time; the others wait their turn ([`Phase::Queued`]). Different tasks' changelogs
+//! are read together, so their waits overlap.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::clients::{self, QuietContext};
+use super::StreamsConfig;
 use crate::metrics::StreamsMetrics;
-use crate::store::StoreBackend;
+use crate::store::SharedBackend;
 
-/// Records per RocksDB write batch while restoring.
-pub const RESTORE_BATCH_RECORDS: usize = 10_000;
-/// How long restoration may go without a record or the end before it is declared stuck.
+/// Changelog records applied per loop turn at most (and per RocksDB write batch): a turn of
+/// restoration delays the active tasks' processing by about this much work.
+pub const RESTORE_RECORDS_PER_TURN: usize = 10_000;
+/// How long restoration may go without a record, the end, or a stable end before it is declared
+/// stuck. Longer than `transaction.timeout.ms`, which bounds an undecided transaction.
 pub const RESTORE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Timeout of the watermark lookup.
+/// Timeout of one watermark lookup.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Log progress at most this often.
+/// How often the last stable offset is looked up again while a transaction below the end is
+/// undecided (its marker is usually written within milliseconds).
+const STABLE_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+/// Log progress at most this often per changelog partition.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why a restoration failed.
@@ -48,18 +93,35 @@ pub enum RestoreError {
         /// Where it stopped.
         offset: i64,
     },
+    /// A transaction below the end stayed undecided for [`RESTORE_STALL_TIMEOUT`].
+    #[error("restoring {topic}-{partition}: the last stable offset stayed at {stable}, below the end {end}, for {:?}", RESTORE_STALL_TIMEOUT)]
+    Unstable {
+        /// Changelog topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The last stable offset last seen.
+        stable: i64,
+        /// The high watermark the restore must reach.
+        end: i64,
+    },
+    /// A ListOffsets answer named no offset for the partition.
+    #[error("restoring {topic}-{partition}: the broker named no end offset")]
+    NoOffset {
+        /// Changelog topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
+    /// Restoration that had to finish before going on had not when its time was up.
+    #[error("{tasks} task(s) still restoring at the deadline")]
+    Unfinished {
+        /// Tasks not restored.
+        tasks: usize,
+    },
     /// The store refused a batch.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-}
-
-/// What a restoration did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Restored {
-    /// Records applied.
-    pub records: u64,
-    /// Next changelog offset (the checkpoint to write).
-    pub next_offset: i64,
 }
 
 /// Where restoration of one store starts.
@@ -71,8 +133,9 @@ pub enum StartFrom {
     Beginning,
 }
 
-/// Where to start given a checkpoint and the changelog's watermarks; `Beginning` also when the
-/// checkpoint is beyond the changelog's end (the topic was recreated: the local state is foreign).
+/// Where to start given a checkpoint and the changelog's watermarks (`high`: the high watermark,
+/// not the last stable offset); `Beginning` also when the checkpoint is beyond the changelog's
+/// end (the topic was recreated: the local state is foreign).
 pub fn start_from(checkpoint: Option<i64>, low: i64, high: i64) -> StartFrom {
     match checkpoint {
         Some(offset) if offset <= high => StartFrom::Checkpoint(offset.max(low)),
@@ -80,99 +143,393 @@ pub fn start_from(checkpoint: Option<i64>, low: i64, high: i64) -> StartFrom {
     }
 }
 
-/// The changelog's low and high watermarks.
-pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-) -> Result<(i64, i64), RestoreError> {
-    consumer.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT).map_err(|source| RestoreError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        source,
-    })
+/// One changelog partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangelogPartition {
+    /// The changelog topic.
+    pub topic: String,
+    /// The partition (the task's).
+    pub partition: i32,
 }
 
-/// Restores `backend` from `topic`-`partition` starting at `from`, up to the partition's end.
-#[allow(clippy::too_many_arguments)]
-pub fn restore<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    high: i64,
-    store: &str,
-    backend: &dyn StoreBackend,
-    metrics: &StreamsMetrics,
-) -> Result<Restored, RestoreError> {
-    let kafka = |source| RestoreError::Kafka { topic: topic.to_string(), partition, source };
-    let started = Instant::now();
-    let remaining_gauge = metrics.restore_remaining.with_label_values(&[store, &partition.to_string()]);
-    remaining_gauge.set(high - from);
-    if from >= high {
-        remaining_gauge.set(0);
-        return Ok(Restored { records: 0, next_offset: from });
+/// Where one changelog partition's restoration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the last stable offset to reach the end: a transaction with records below the
+    /// end is undecided.
+    Stabilizing,
+    /// Stable, waiting for another changelog with the same partition number to finish.
+    Queued,
+    /// Assigned to the restore consumer.
+    Reading,
+    /// At or past the end.
+    Done,
+}
+
+/// The restoration of one store from one changelog partition.
+struct Restoration {
+    /// The store's name, for metrics and logs.
+    store: String,
+    /// Where the records go.
+    backend: SharedBackend,
+    /// Next changelog offset to apply: every committed record below it is in the store.
+    position: i64,
+    /// The high watermark when restoration was asked for: it ends at or past it.
+    end: i64,
+    phase: Phase,
+    /// Records applied.
+    records: u64,
+    started: Instant,
+    /// Last record, end, or phase change: for the stall check.
+    last_progress: Instant,
+    /// When the last stable offset may be looked up again.
+    next_stable_check: Instant,
+    last_log: Instant,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Changelog records applied.
+    pub records: usize,
+    /// Changelog partitions that reached their end.
+    pub finished: usize,
+}
+
+/// Restores changelog partitions into stores, a slice per call of [`ChangelogReader::step`].
+pub struct ChangelogReader {
+    /// `read_committed`, no group: reads the changelogs.
+    consumer: BaseConsumer<QuietContext>,
+    /// `read_uncommitted`, no group: its end offsets are high watermarks, not last stable
+    /// offsets (librdkafka's ListOffsets carries the client's isolation level).
+    watermark_client: BaseConsumer<QuietContext>,
+    metrics: StreamsMetrics,
+    restorations: BTreeMap<ChangelogPartition, Restoration>,
+}
+
+impl ChangelogReader {
+    /// A reader with nothing to restore yet.
+    pub fn new(config: &StreamsConfig, metrics: StreamsMetrics) -> Result<Self, KafkaError> {
+        Ok(Self {
+            consumer: clients::restore_consumer(config, QuietContext)?,
+            watermark_client: clients::watermark_client(config, QuietContext)?,
+            metrics,
+            restorations: BTreeMap::new(),
+        })
     }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from)).map_err(kafka)?;
-    consumer.assign(&tpl).map_err(kafka)?;
-    // The batch holds librdkafka's messages themselves (no copy of keys and values): RocksDB's
-    // write batch copies them once, straight from the fetch buffers.
-    let mut batch: Vec<rdkafka::message::BorrowedMessage<'_>> = Vec::with_capacity(RESTORE_BATCH_RECORDS);
-    let mut records = 0u64;
-    let mut next_offset = from;
-    let mut last_progress = Instant::now();
-    let mut last_log = Instant::now();
-    let flush = |batch: &mut Vec<rdkafka::message::BorrowedMessage<'_>>| -> Result<(), RestoreError> {
-        backend.restore_batch(&mut batch.iter().filter_map(|m| m.key().map(|k| (k, m.payload()))))?;
-        batch.clear();
+
+    /// The low and high watermarks (the high one of every record, decided or not) of
+    /// `changelogs`, in two requests whatever their number: a task's stores are opened together,
+    /// and a lookup per partition cost a round trip each (tens of milliseconds on a busy broker).
+    pub fn watermarks(
+        &self,
+        changelogs: &[ChangelogPartition],
+    ) -> Result<BTreeMap<ChangelogPartition, (i64, i64)>, RestoreError> {
+        let low = end_offsets(&self.watermark_client, changelogs, Offset::Beginning)?;
+        let high = end_offsets(&self.watermark_client, changelogs, Offset::End)?;
+        Ok(changelogs
+            .iter()
+            .filter_map(|c| Some((c.clone(), (*low.get(c)?, *high.get(c)?))))
+            .collect())
+    }
+
+    /// Asks for `changelog` to be restored into `backend` from `from` up to `end`, its high
+    /// watermark now (from [`ChangelogReader::watermarks`]). Nothing is fetched if `from` is
+    /// already there.
+    pub fn register(
+        &mut self,
+        changelog: ChangelogPartition,
+        store: &str,
+        backend: SharedBackend,
+        from: i64,
+        end: i64,
+    ) -> Result<(), RestoreError> {
+        let now = Instant::now();
+        let phase = if from >= end { Phase::Done } else { Phase::Stabilizing };
+        self.remaining(store, changelog.partition).set((end - from).max(0));
+        if phase == Phase::Done {
+            tracing::debug!(topic = %changelog.topic, partition = changelog.partition, from, end, "nothing to restore");
+        }
+        self.restorations.insert(
+            changelog,
+            Restoration {
+                store: store.to_string(),
+                backend,
+                position: from,
+                end,
+                phase,
+                records: 0,
+                started: now,
+                last_progress: now,
+                next_stable_check: now,
+                last_log: now,
+            },
+        );
         Ok(())
-    };
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                next_offset = message.offset() + 1;
-                if message.key().is_some() {
-                    batch.push(message);
-                    records += 1;
-                }
-                if batch.len() >= RESTORE_BATCH_RECORDS {
-                    flush(&mut batch)?;
-                    remaining_gauge.set((high - next_offset).max(0));
-                }
-                last_progress = Instant::now();
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(source)) => return Err(kafka(source)),
-            None if last_progress.elapsed() > RESTORE_STALL_TIMEOUT => {
-                return Err(RestoreError::Stalled {
-                    topic: topic.to_string(),
-                    partition,
-                    offset: next_offset,
-                })
-            }
-            None => {}
-        }
-        if last_log.elapsed() > PROGRESS_LOG_INTERVAL {
-            tracing::info!(%topic, partition, restored = records, at = next_offset, end = high, "restoring");
-            last_log = Instant::now();
-        }
     }
-    flush(&mut batch)?;
-    backend.finish_restore()?;
-    // Under read_committed the end may sit past the last record (transaction markers): the
-    // consumer's position is the truth.
-    if let Ok(position) = consumer.position() {
-        if let Some(Offset::Offset(p)) = position.find_partition(topic, partition).map(|e| e.offset()) {
-            next_offset = next_offset.max(p);
-        }
+
+    /// Where `changelog`'s restoration is, if it is registered.
+    pub fn phase(&self, changelog: &ChangelogPartition) -> Option<Phase> {
+        self.restorations.get(changelog).map(|r| r.phase)
     }
-    consumer.unassign().map_err(kafka)?;
-    remaining_gauge.set(0);
-    metrics.restore_records.with_label_values(&[store]).inc_by(records);
-    metrics.restore_duration.with_label_values(&[store]).observe(started.elapsed().as_secs_f64());
-    tracing::info!(%topic, partition, records, next_offset, elapsed_ms = started.elapsed().as_millis() as u64, "restored");
-    Ok(Restored { records, next_offset })
+
+    /// Whether any registered restoration has not reached its end.
+    pub fn has_work(&self) -> bool {
+        self.restorations.values().any(|r| r.phase != Phase::Done)
+    }
+
+    /// Takes a finished restoration off the reader: its store is made durable, and the returned
+    /// position (at or past the end) is the checkpoint to write.
+    pub fn complete(&mut self, changelog: &ChangelogPartition) -> Result<Option<i64>, RestoreError> {
+        match self.restorations.get(changelog) {
+            Some(r) if r.phase == Phase::Done => {}
+            _ => return Ok(None),
+        }
+        let r = self.restorations.remove(changelog).expect("checked above");
+        r.backend.finish_restore()?;
+        self.remaining(&r.store, changelog.partition).set(0);
+        self.metrics
+            .restore_duration
+            .with_label_values(&[&r.store])
+            .observe(r.started.elapsed().as_secs_f64());
+        tracing::info!(topic = %changelog.topic, partition = changelog.partition, records = r.records,
+            next_offset = r.position, elapsed_ms = r.started.elapsed().as_millis() as u64, "restored");
+        Ok(Some(r.position))
+    }
+
+    /// Gives a restoration up (its task was revoked or closed): what was applied is made durable
+    /// and the returned position is a valid checkpoint for it.
+    pub fn abandon(&mut self, changelog: &ChangelogPartition) -> Result<Option<i64>, RestoreError> {
+        let Some(r) = self.restorations.remove(changelog) else { return Ok(None) };
+        if r.phase == Phase::Reading {
+            self.unassign(changelog)?;
+        }
+        r.backend.finish_restore()?;
+        self.remaining(&r.store, changelog.partition).set(0);
+        tracing::info!(topic = %changelog.topic, partition = changelog.partition, records = r.records,
+            next_offset = r.position, "restoration given up; resumes from here");
+        Ok(Some(r.position))
+    }
+
+    /// One slice of work: look up last stable offsets that are due, start reading what is stable,
+    /// apply at most [`RESTORE_RECORDS_PER_TURN`] records, and mark what reached its end. The
+    /// first poll waits up to `wait` for a record (zero when the loop has other work).
+    pub fn step(&mut self, wait: Duration) -> Result<StepOutcome, RestoreError> {
+        self.stabilize()?;
+        self.start_reading()?;
+        let mut outcome = StepOutcome::default();
+        if !self.restorations.values().any(|r| r.phase == Phase::Reading) {
+            return Ok(outcome);
+        }
+        let Self { consumer, restorations, metrics, .. } = self;
+        // The batch holds librdkafka's messages themselves (no copy of keys and values): RocksDB's
+        // write batch copies them once, straight from the fetch buffers.
+        let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(RESTORE_RECORDS_PER_TURN.min(1024));
+        let mut ended: Vec<i32> = Vec::new();
+        let mut timeout = wait;
+        while batch.len() < RESTORE_RECORDS_PER_TURN {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(KafkaError::PartitionEOF(partition))) => ended.push(partition),
+                Some(Err(error)) => {
+                    let (changelog, _) =
+                        restorations.iter().find(|(_, r)| r.phase == Phase::Reading).expect("one is reading");
+                    return Err(kafka(changelog, error));
+                }
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        outcome.records = batch.len();
+        let now = Instant::now();
+        for (changelog, r) in restorations.iter_mut().filter(|(_, r)| r.phase == Phase::Reading) {
+            let mine = |m: &&BorrowedMessage<'_>| {
+                m.partition() == changelog.partition && m.topic() == changelog.topic
+            };
+            let mut applied = 0u64;
+            let mut last = None;
+            r.backend.restore_batch(
+                &mut batch.iter().filter(mine).inspect(|m| last = Some(m.offset())).filter_map(|m| {
+                    let key = m.key()?;
+                    applied += 1;
+                    Some((key, m.payload()))
+                }),
+            )?;
+            if let Some(offset) = last {
+                r.position = r.position.max(offset + 1);
+                r.records += applied;
+                r.last_progress = now;
+                metrics.restore_records.with_label_values(&[&r.store]).inc_by(applied);
+            }
+            // The end-of-partition event comes when the fetch position reaches the last stable
+            // offset, which was at or past `end` before reading began: every committed record
+            // below `end` has been applied (the event is queued behind them).
+            if ended.contains(&changelog.partition) {
+                r.position = r.position.max(r.end);
+            }
+            if r.position >= r.end {
+                r.phase = Phase::Done;
+                r.last_progress = now;
+                outcome.finished += 1;
+            }
+            metrics
+                .restore_remaining
+                .with_label_values(&[&r.store, &changelog.partition.to_string()])
+                .set((r.end - r.position).max(0));
+            if r.phase == Phase::Reading {
+                if r.last_progress.elapsed() > RESTORE_STALL_TIMEOUT {
+                    return Err(RestoreError::Stalled {
+                        topic: changelog.topic.clone(),
+                        partition: changelog.partition,
+                        offset: r.position,
+                    });
+                }
+                if r.last_log.elapsed() > PROGRESS_LOG_INTERVAL {
+                    tracing::info!(topic = %changelog.topic, partition = changelog.partition,
+                        restored = r.records, at = r.position, end = r.end, "restoring");
+                    r.last_log = now;
+                }
+            }
+        }
+        drop(batch);
+        let done: Vec<ChangelogPartition> = self
+            .restorations
+            .iter()
+            .filter(|(c, r)| r.phase == Phase::Done && self.is_assigned(c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for changelog in &done {
+            self.unassign(changelog)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Steps until every registered restoration is done or `deadline` passes; whether all are
+    /// done. For a clean stop, which has nothing else to do meanwhile.
+    pub fn run_until_done(&mut self, deadline: Instant, wait: Duration) -> Result<bool, RestoreError> {
+        while self.has_work() {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.step(wait)?;
+        }
+        Ok(true)
+    }
+
+    /// Moves stabilizing restorations whose last stable offset has reached their end on.
+    fn stabilize(&mut self) -> Result<(), RestoreError> {
+        let now = Instant::now();
+        let due: Vec<ChangelogPartition> = self
+            .restorations
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Stabilizing && r.next_stable_check <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        // A read_committed client's end offset is the last stable offset.
+        let stable_offsets = end_offsets(&self.consumer, &due, Offset::End)?;
+        for changelog in &due {
+            let r = self.restorations.get_mut(changelog).expect("listed just above");
+            let stable = stable_offsets.get(changelog).copied().unwrap_or(-1);
+            if stable >= r.end {
+                r.phase = Phase::Queued;
+                r.last_progress = Instant::now();
+            } else if r.last_progress.elapsed() > RESTORE_STALL_TIMEOUT {
+                return Err(RestoreError::Unstable {
+                    topic: changelog.topic.clone(),
+                    partition: changelog.partition,
+                    stable,
+                    end: r.end,
+                });
+            } else {
+                tracing::debug!(topic = %changelog.topic, partition = changelog.partition, stable, end = r.end,
+                    "a transaction below the restore end is undecided; waiting for it");
+                r.next_stable_check = now + STABLE_CHECK_INTERVAL;
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns queued restorations to the restore consumer, one per partition number.
+    fn start_reading(&mut self) -> Result<(), RestoreError> {
+        let mut busy: Vec<i32> = self
+            .restorations
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Reading)
+            .map(|(c, _)| c.partition)
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut first = None;
+        for (changelog, r) in self.restorations.iter_mut() {
+            if r.phase != Phase::Queued || busy.contains(&changelog.partition) {
+                continue;
+            }
+            busy.push(changelog.partition);
+            tpl.add_partition_offset(&changelog.topic, changelog.partition, Offset::Offset(r.position))
+                .map_err(|source| kafka(changelog, source))?;
+            r.phase = Phase::Reading;
+            r.last_progress = Instant::now();
+            self.metrics.restore_partitions.with_label_values(&[&r.store]).inc();
+            tracing::info!(topic = %changelog.topic, partition = changelog.partition, from = r.position, end = r.end, "restoring");
+            first.get_or_insert_with(|| changelog.clone());
+        }
+        if let Some(changelog) = first {
+            self.consumer.incremental_assign(&tpl).map_err(|source| kafka(&changelog, source))?;
+        }
+        Ok(())
+    }
+
+    fn is_assigned(&self, changelog: &ChangelogPartition) -> bool {
+        self.consumer
+            .assignment()
+            .map(|a| a.find_partition(&changelog.topic, changelog.partition).is_some())
+            .unwrap_or(false)
+    }
+
+    fn unassign(&self, changelog: &ChangelogPartition) -> Result<(), RestoreError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&changelog.topic, changelog.partition);
+        self.consumer.incremental_unassign(&tpl).map_err(|source| kafka(changelog, source))
+    }
+
+    fn remaining(&self, store: &str, partition: i32) -> prometheus::IntGauge {
+        self.metrics.restore_remaining.with_label_values(&[store, &partition.to_string()])
+    }
+}
+
+/// The offsets `which` (`Offset::End`: the end, which is the last stable offset for a
+/// `read_committed` client and the high watermark for a `read_uncommitted` one; or
+/// `Offset::Beginning`) of `changelogs`, in one ListOffsets request.
+fn end_offsets<C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    changelogs: &[ChangelogPartition],
+    which: Offset,
+) -> Result<BTreeMap<ChangelogPartition, i64>, RestoreError> {
+    let Some(first) = changelogs.first() else { return Ok(BTreeMap::new()) };
+    let mut tpl = TopicPartitionList::new();
+    for changelog in changelogs {
+        tpl.add_partition_offset(&changelog.topic, changelog.partition, which)
+            .map_err(|source| kafka(changelog, source))?;
+    }
+    let answered = client.offsets_for_times(tpl, WATERMARK_TIMEOUT).map_err(|source| kafka(first, source))?;
+    let mut offsets = BTreeMap::new();
+    for element in answered.elements() {
+        let changelog = ChangelogPartition { topic: element.topic().to_string(), partition: element.partition() };
+        element.error().map_err(|source| kafka(&changelog, source))?;
+        match element.offset() {
+            Offset::Offset(offset) => offsets.insert(changelog, offset),
+            _ => {
+                return Err(RestoreError::NoOffset { topic: changelog.topic, partition: changelog.partition })
+            }
+        };
+    }
+    Ok(offsets)
+}
+
+fn kafka(changelog: &ChangelogPartition, source: KafkaError) -> RestoreError {
+    RestoreError::Kafka { topic: changelog.topic.clone(), partition: changelog.partition, source }
 }
 
 #[cfg(test)]

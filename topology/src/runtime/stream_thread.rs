@@ -17,7 +17,6 @@
 //! never holds it across `poll`, which is where librdkafka runs the callbacks, on this same
 //! thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,9 +27,11 @@ use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 
-use super::clients::{self, QuietContext};
+use super::clients;
 use super::commit::rewind;
 use super::producer::{TransactionFailure, TransactionalProducer};
+use super::restore::ChangelogReader;
+use super::shutdown::{ShutdownHandle, StoppedOnDrop};
 use super::task_manager::TaskManager;
 use super::{StreamsConfig, StreamsError, StreamsState};
 use crate::metrics::StreamsMetrics;
@@ -53,9 +54,14 @@ const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// it lasts, so it stays far below `max.poll.interval.ms` (5 minutes); heartbeats go on in
 /// librdkafka's background thread, so the group keeps this member.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Slice of a retry back-off between two looks at the shutdown flag, so a stop is not delayed
-/// by a back-off.
-const RETRY_SHUTDOWN_CHECK: Duration = Duration::from_millis(50);
+/// Longest wait of the main consumer's poll while tasks restore and the last turn found no
+/// changelog records: short, because the turn's real waiting is for the restore consumer.
+const RESTORE_IDLE_POLL: Duration = Duration::from_millis(5);
+/// While active tasks have input and others restore, the least time between two restoration
+/// turns. A turn applies up to `RESTORE_RECORDS_PER_TURN` records (about 10-20 ms of work), the
+/// loop processes one record per turn: spacing the restore turns keeps the active tasks going at
+/// most of their pace, and restoration at full pace whenever they are idle.
+const RESTORE_TURN_SPACING: Duration = Duration::from_millis(20);
 
 /// What the stream thread is given.
 pub(super) struct Env<K, V> {
@@ -63,8 +69,11 @@ pub(super) struct Env<K, V> {
     pub config: StreamsConfig,
     pub metrics: StreamsMetrics,
     pub registry: QueryRegistry,
-    pub shutdown: Arc<AtomicBool>,
+    /// Asks the thread to stop, and learns of its end.
+    pub shutdown: ShutdownHandle,
     pub state: Arc<Mutex<StreamsState>>,
+    /// Each changelog's `delete.retention.ms`, as checked at start.
+    pub changelog_retention: super::admin::ChangelogRetention,
 }
 
 /// How a group session ended.
@@ -81,6 +90,9 @@ where
     K: Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
+    // However the thread ends (a panic included), the handle learns of it.
+    let _stopped = StoppedOnDrop(env.shutdown.clone());
+    env.shutdown.bind_current_thread();
     let mut backoff = Duration::from_secs(1);
     let result = loop {
         match session(&env) {
@@ -88,11 +100,7 @@ where
             Ok(SessionEnd::Rejoin(reason)) => {
                 tracing::warn!(%reason, backoff_ms = backoff.as_millis() as u64, "leaving the group; joining again");
                 set_state(&env.state, StreamsState::Rebalancing);
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !env.shutdown.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if env.shutdown.load(Ordering::SeqCst) {
+                if env.shutdown.sleep(backoff) {
                     break Ok(());
                 }
                 backoff = (backoff * 2).min(MAX_REJOIN_BACKOFF);
@@ -125,7 +133,7 @@ where
     V: Clone + Send + 'static,
 {
     set_state(&env.state, StreamsState::Rebalancing);
-    let restore_consumer = clients::restore_consumer(&env.config, QuietContext)
+    let reader = ChangelogReader::new(&env.config, env.metrics.clone())
         .map_err(StreamsError::kafka("creating the restore consumer"))?;
     let producer = TransactionalProducer::new(&env.config)?;
     let tasks = TaskManager::new(
@@ -133,7 +141,8 @@ where
         env.config.clone(),
         env.metrics.clone(),
         env.registry.clone(),
-        restore_consumer,
+        reader,
+        env.changelog_retention.clone(),
     );
     let shared = Arc::new(Mutex::new(StreamThread {
         config: env.config.clone(),
@@ -151,6 +160,8 @@ where
         retry_point: None,
         retry_backoff: RETRY_BACKOFF_INITIAL,
         sends_since_poll: 0,
+        restore_busy: None,
+        last_restore_turn: Instant::now(),
     }));
     let context = StreamContext { shared: shared.clone(), metrics: env.metrics.clone() };
     let consumer =
@@ -168,7 +179,7 @@ where
                 // read_committed readers of every partition it touched).
                 lock(&shared).abort_quietly();
                 drop(consumer);
-                lock(&shared).tasks.close_all();
+                lock(&shared).tasks.close_all(false);
                 return Err(error);
             }
         }
@@ -176,7 +187,7 @@ where
     // Leave the group: dropping the consumer runs the revoke callback (nothing left to commit),
     // then every task is closed with a checkpoint.
     drop(consumer);
-    lock(&shared).tasks.close_all();
+    lock(&shared).tasks.close_all(matches!(end, SessionEnd::Shutdown));
     Ok(end)
 }
 
@@ -190,13 +201,20 @@ where
     K: Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
-    if env.shutdown.load(Ordering::SeqCst) {
+    if env.shutdown.is_requested() {
         set_state(&env.state, StreamsState::PendingShutdown);
         lock(shared).commit_or_recover(consumer)?;
         return Ok(Some(SessionEnd::Shutdown));
     }
+    // While tasks restore, the poll only looks in (the turn's time goes to restoring), and does
+    // not wait at all while changelog records flow.
+    let timeout = match lock(shared).restore_busy {
+        Some(true) => Duration::ZERO,
+        Some(false) => RESTORE_IDLE_POLL.min(env.config.poll_timeout),
+        None => env.config.poll_timeout,
+    };
     // The lock is not held here: rebalance callbacks run inside poll and take it.
-    let polled = consumer.poll(env.config.poll_timeout).map(|m| m.map(|m| raw(&m)));
+    let polled = consumer.poll(timeout).map(|m| m.map(|m| raw(&m)));
     let mut s = lock(shared);
     if let Some(error) = s.fatal.take() {
         return Err(error);
@@ -204,7 +222,9 @@ where
     if let Some(reason) = s.rejoin.take() {
         return Ok(Some(SessionEnd::Rejoin(reason)));
     }
+    let polled_nothing = polled.is_none();
     match polled {
+        Some(Ok(record)) if s.tasks.is_restoring(record.partition) => s.tasks.hold_back(consumer, &record)?,
         Some(Ok(record)) => s.process(record)?,
         Some(Err(error)) => tracing::warn!(%error, "consumer error"),
         None => {}
@@ -221,6 +241,7 @@ where
             return Ok(Some(SessionEnd::Rejoin(reason)));
         }
     }
+    s.restore(consumer, polled_nothing)?;
     s.sample_store_sizes();
     Ok(None)
 }
@@ -279,6 +300,11 @@ pub(super) struct StreamThread<K, V> {
     retry_backoff: Duration,
     /// Records sent since the producer was last polled.
     sends_since_poll: usize,
+    /// Whether tasks are restoring (`Some`), and whether the last turn applied changelog
+    /// records: it sets how long the next poll of the main consumer may wait.
+    restore_busy: Option<bool>,
+    /// When restoration last had a turn.
+    last_restore_turn: Instant,
 }
 
 /// Where a retriable error struck, so the back-off starts over only once that is behind us.
@@ -361,27 +387,17 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
         consumer: &BaseConsumer<C>,
         error: TaskError,
         point: RetryPoint,
-        shutdown: &AtomicBool,
+        shutdown: &ShutdownHandle,
     ) -> Result<(), StreamsError> {
         let delay = self.retry_backoff;
         self.retry_backoff = (delay * 2).min(RETRY_BACKOFF_MAX);
         self.retry_point = Some(point);
         tracing::warn!(%error, backoff_ms = delay.as_millis() as u64,
             "retriable error: aborting the transaction, rewinding and retrying the same record");
-        if self.in_transaction && self.producer.transactional {
-            if let Err(error) = self.producer.abort() {
-                // The producer's state is unknown: a new one with the same transactional.id
-                // fences the old epoch and aborts whatever it left open.
-                tracing::warn!(%error, "abort failed; replacing the producer");
-                self.producer = TransactionalProducer::new(&self.config)?;
-            }
-        }
-        self.drop_uncommitted()?;
+        self.abort_and_replace()?;
         rewind(consumer, self.tasks.active_partitions())?;
-        let until = Instant::now() + delay;
-        while Instant::now() < until && !shutdown.load(Ordering::SeqCst) {
-            std::thread::sleep(RETRY_SHUTDOWN_CHECK.min(until.saturating_duration_since(Instant::now())));
-        }
+        // A stop asked for meanwhile ends the pause at once; the loop then sees it.
+        shutdown.sleep(delay);
         Ok(())
     }
 
@@ -449,15 +465,28 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
 
     // ----- rebalances -----
 
-    /// Partitions are about to be revoked: commit what is pending, then suspend every task.
+    /// Partitions are about to be revoked: commit what is pending, then suspend every task. If
+    /// the commit fails, or the group has already moved on without this member (its
+    /// assignment is lost: a session that expired, a paused process), the tasks are closed
+    /// instead, so that those that come back are restored from their changelogs rather than
+    /// resumed with stores that may differ from them.
     fn on_revoke<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         self.metrics.rebalances.with_label_values(&["revoked"]).inc();
         set_state(&self.state, StreamsState::Rebalancing);
         if let Some(error) = self.fatal.take() {
             self.abort_quietly();
             self.fatal = Some(error);
+        } else if consumer.assignment_lost() {
+            // Another member may own these partitions already: nothing of this transaction may
+            // commit (its offsets would be refused by generation anyway).
+            tracing::warn!("assignment lost: aborting the transaction and closing every task");
+            if let Err(error) = self.abort_and_replace() {
+                self.fatal = Some(error);
+            }
+            self.tasks.close_active();
+            return;
         } else if self.in_transaction {
-            let result = self.commit(consumer);
+            let result = self.commit(consumer, &mut super::commit::Carried::new());
             match result {
                 Ok(()) => {
                     if let Err(error) = self.after_commit() {
@@ -470,7 +499,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
                     let fenced =
                         matches!(failure, TransactionFailure::Fenced(_) | TransactionFailure::Fatal(_));
                     let reason = failure.reason().to_string();
-                    tracing::warn!(%reason, "commit on revoke failed; the work is redone by the next owner");
+                    tracing::warn!(%reason, "commit on revoke failed; closing the tasks, the work is redone from the committed state");
                     self.abort_quietly();
                     if fenced {
                         self.rejoin = Some(reason);
@@ -479,6 +508,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
                     {
                         self.fatal = Some(error);
                     }
+                    self.tasks.close_active();
+                    return;
                 }
             }
         }
@@ -493,7 +524,32 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
             self.fatal = Some(error);
             return;
         }
-        set_state(&self.state, StreamsState::Running);
+        self.restore_busy = self.tasks.any_restoring().then_some(false);
+        if !self.tasks.any_restoring() {
+            set_state(&self.state, StreamsState::Running);
+        }
+    }
+
+    /// One turn of restoration (see `task_manager.rs`); the instance is running once no task
+    /// restores. While the active tasks have input (`idle` false), restoration gets a turn only
+    /// every [`RESTORE_TURN_SPACING`], so that they keep most of the thread.
+    fn restore<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        idle: bool,
+    ) -> Result<(), StreamsError> {
+        if !self.tasks.any_restoring() || (!idle && self.last_restore_turn.elapsed() < RESTORE_TURN_SPACING) {
+            return Ok(());
+        }
+        self.last_restore_turn = Instant::now();
+        let turn = self.tasks.restore_turn(consumer)?;
+        if self.tasks.any_restoring() {
+            self.restore_busy = Some(turn.records > 0);
+        } else {
+            self.restore_busy = None;
+            set_state(&self.state, StreamsState::Running);
+        }
+        Ok(())
     }
 }
 
@@ -528,6 +584,14 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> ConsumerContext for S
                 self.metrics.rebalances.with_label_values(&["error"]).inc();
                 tracing::warn!(%error, "rebalance error");
             }
+        }
+    }
+
+    /// After librdkafka's assign: the partitions of tasks that must restore first are paused
+    /// before any of them is fetched.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            lock(&self.shared).tasks.pause_pending(consumer);
         }
     }
 }
