@@ -24,6 +24,13 @@ pub enum ApiError {
     InsufficientScope { scope: &'static str },
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The payment was accepted but the read database does not show it yet; the response
+    /// carries `Retry-After`.
+    #[error("the payment is accepted but not visible yet; ask again in {retry_after_s} s")]
+    NotYetProjected { retry_after_s: u32 },
+    /// A query parameter breaks its rule (400, `field` names the parameter).
+    #[error("{parameter}: {detail}")]
+    InvalidParameter { parameter: &'static str, detail: String },
     /// No route has this path (the router's fallback).
     #[error("no such endpoint; the API's endpoints are listed in {}", crate::openapi::DOCUMENT_PATH)]
     NoSuchEndpoint,
@@ -75,7 +82,8 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request. Never internal detail (SQL, secrets, stack traces).
     pub detail: String,
-    /// `/problems/validation`: the field (or `body`, `path`) that broke its rule.
+    /// `/problems/validation`: the field (or `body`, `path`) that broke its rule;
+    /// `/problems/invalid-parameter`: the query parameter (or `query` for an unknown one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// `/problems/wallet-exists`: the caller's existing wallet in that currency.
@@ -101,6 +109,10 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "insufficient-scope", "Insufficient scope")
             }
             Self::NotFound(_) | Self::NoSuchEndpoint => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::NotYetProjected { .. } => (StatusCode::NOT_FOUND, "not-yet-projected", "Not visible yet"),
+            Self::InvalidParameter { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid query parameter")
+            }
             Self::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed")
             }
@@ -143,6 +155,7 @@ impl IntoResponse for ApiError {
             detail,
             field: match &self {
                 Self::Validation { field, .. } => Some((*field).to_owned()),
+                Self::InvalidParameter { parameter, .. } => Some((*parameter).to_owned()),
                 _ => None,
             },
             wallet_id: match &self {
@@ -154,6 +167,9 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Self::NotYetProjected { retry_after_s } = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -24,6 +24,8 @@
 //! - [`callbacks`]: the provider's signed callback: verify, deduplicate on the signed event id,
 //!   forward only a payment's first verdict.
 //! - [`signature`]: Stripe-style HMAC signatures of callbacks.
+//! - [`views`]: the read side: a payment, a caller's history and search, a payment's timeline,
+//!   from the read database `query` (fed only from Kafka).
 //! - [`metrics`]: Prometheus metrics of the edge.
 //! - [`http_trace`]: a server span per request, under the caller's `traceparent` (one payment, one trace).
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers, served and checked in.
@@ -45,6 +47,7 @@ pub mod server;
 pub mod signature;
 pub mod state;
 pub mod timestamp;
+pub mod views;
 
 pub use error::ApiError;
 pub use state::{AppState, OutboxTopics};

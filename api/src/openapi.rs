@@ -43,6 +43,7 @@ pub const SIGNATURE_SCHEME: &str = "providerSignature";
     tags(
         (name = "accounts", description = "A user's wallets, balances and deposits"),
         (name = "payments", description = "Payment ingest"),
+        (name = "payment views", description = "Payments as the read database shows them: status, history, search, timeline"),
         (name = "provider", description = "The payment provider's callbacks"),
         (name = "operations", description = "Health, metrics and this document"),
     )

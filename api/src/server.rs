@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::error::{self, ApiError};
 use crate::state::AppState;
-use crate::{accounts, callbacks, cancel, http_trace, openapi, payments};
+use crate::{accounts, callbacks, cancel, http_trace, openapi, payments, views};
 
 /// The largest request body accepted; a payment is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -29,6 +29,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(payments::create))
         .routes(routes!(cancel::cancel, cancel::read))
+        .routes(routes!(views::history))
+        .routes(routes!(views::get))
+        .routes(routes!(views::timeline))
         .routes(routes!(callbacks::receive))
         .routes(routes!(accounts::create, accounts::list))
         .routes(routes!(accounts::balance))

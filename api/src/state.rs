@@ -17,6 +17,9 @@ pub struct AppState {
     pub db: PgPool,
     /// The ledger (transaction) database: provider callbacks and their outbox.
     pub ledger: PgPool,
+    /// The read database (fed only from Kafka): payment views, timelines, replicated users and
+    /// wallets; the query endpoints ([`crate::views`]) read it.
+    pub query: PgPool,
     /// Verifies provider callback signatures.
     pub callbacks: Arc<Verifier>,
     /// Encodes `PaymentInitiated` for the outbox in the registered Avro contract.

@@ -46,9 +46,12 @@ pub async fn start(settings: &StackSettings) -> anyhow::Result<RunningApi> {
     wait::until_ready(what, START_TIMEOUT, || registry.global_compatibility()).await?;
     let ledger = postgres::connect(&settings.ledger_db_url, START_TIMEOUT).await?;
     postgres::migrate_ledger(&ledger).await?;
+    let query = postgres::connect(&settings.query_db_url, START_TIMEOUT).await?;
+    postgres::migrate_query(&query).await?;
     let state = AppState {
         db,
         ledger,
+        query,
         callbacks: Arc::new(Verifier::new(vec![CALLBACK_SECRET.to_vec()])),
         codec: Arc::new(EventCodec::new(&settings.schema_registry_url)?),
         auth: Arc::new(Authenticator::hs256(JWT_SECRET)),

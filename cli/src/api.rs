@@ -73,9 +73,13 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     postgres::migrate_wallet(&db).await?;
     let ledger = postgres::connect(&settings.ledger_db_url, timeout).await?;
     postgres::migrate_ledger(&ledger).await?;
+    // The read database: its own pool (its own role), read by the query endpoints.
+    let query = postgres::connect(&settings.query_db_url, timeout).await?;
+    postgres::migrate_query(&query).await?;
     let state = AppState {
         db,
         ledger,
+        query,
         callbacks: Arc::new(Verifier::new(webhook_secrets)),
         codec: Arc::new(EventCodec::new(&settings.schema_registry_url)?),
         auth: Arc::new(auth),

@@ -1,4 +1,5 @@
-//! `paystream migrate`: bring both databases to the schema this binary was built with.
+//! `paystream migrate`: bring every database (wallet, ledger, the read database `query`) to the
+//! schema this binary was built with.
 
 use std::time::Duration;
 
@@ -20,5 +21,8 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     let ledger = postgres::connect(&settings.ledger_db_url, timeout).await?;
     postgres::migrate_ledger(&ledger).await?;
     tracing::info!(db = "ledger", migrations = postgres::LEDGER_MIGRATIONS.iter().count(), "migrated");
+    let query = postgres::connect(&settings.query_db_url, timeout).await?;
+    postgres::migrate_query(&query).await?;
+    tracing::info!(db = "query", migrations = postgres::QUERY_MIGRATIONS.iter().count(), "migrated");
     Ok(())
 }

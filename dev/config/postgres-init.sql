@@ -1,6 +1,7 @@
 -- paystream's roles and databases: one database per service, owned by a role of the same
 -- name. wallet and ledger may open replication connections, which the Debezium connector
--- for that database uses (connect/*.json); registry holds the Schema Registry's storage.
+-- for that database uses (connect/*.json); registry holds the Schema Registry's storage;
+-- query is the read database, fed only from Kafka by the JDBC sink connectors (connect/query-*.json).
 -- Passwords equal the names: a development stack only.
 --
 -- Idempotent: whatever already exists is left as it is, so this runs on every start.
@@ -20,6 +21,9 @@ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'registry') THEN
     CREATE ROLE registry LOGIN PASSWORD 'registry';
   END IF;
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'query') THEN
+    CREATE ROLE query LOGIN PASSWORD 'query';
+  END IF;
 END
 $$;
 
@@ -33,4 +37,8 @@ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = 'ledger')
 
 SELECT 'CREATE DATABASE registry OWNER registry'
 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = 'registry')
+\gexec
+
+SELECT 'CREATE DATABASE query OWNER query'
+WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = 'query')
 \gexec

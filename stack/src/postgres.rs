@@ -1,7 +1,10 @@
-//! Connection pools and embedded migrations for paystream's two databases.
+//! Connection pools and embedded migrations for paystream's databases.
 //!
 //! - `wallet`: the source of truth for balances; the payment outbox.
 //! - `ledger`: the transaction database of provider callbacks; the callback outbox.
+//! - `query`: the read database, fed only from Kafka (the JDBC sink connectors in `connect/`);
+//!   the API's query endpoints read it. Its schema is migrated here like the others, before
+//!   the connectors write into it.
 //!
 //! Migrations are SQL files in `migrations/<db>/`, embedded into the binary by
 //! `sqlx::migrate!` and applied at start by `paystream migrate` and by every service
@@ -19,6 +22,8 @@ use crate::wait::{self, NotReady};
 pub static WALLET_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/wallet");
 /// Migrations of the ledger database.
 pub static LEDGER_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/ledger");
+/// Migrations of the read database.
+pub static QUERY_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/query");
 
 /// Connections per pool: Postgres runs with max_connections=200 shared by all services.
 pub const POOL_CONNECTIONS_MAX: u32 = 16;
@@ -54,6 +59,11 @@ pub async fn migrate_wallet(pool: &PgPool) -> Result<(), DbError> {
 /// Applies the ledger migrations.
 pub async fn migrate_ledger(pool: &PgPool) -> Result<(), DbError> {
     LEDGER_MIGRATIONS.run(pool).await.map_err(|source| DbError::Migrate { db: "ledger", source })
+}
+
+/// Applies the read database's migrations.
+pub async fn migrate_query(pool: &PgPool) -> Result<(), DbError> {
+    QUERY_MIGRATIONS.run(pool).await.map_err(|source| DbError::Migrate { db: "query", source })
 }
 
 /// A database URL with its password replaced, for logs and error messages.

@@ -19,6 +19,9 @@ pub struct StackSettings {
     pub wallet_db_url: String,
     /// The ledger (transaction) database: provider callbacks and their outbox (`PAYSTREAM_LEDGER_DB_URL`).
     pub ledger_db_url: String,
+    /// The read database, fed only from Kafka by the JDBC sink connectors; the API's query
+    /// endpoints read it (`PAYSTREAM_QUERY_DB_URL`).
+    pub query_db_url: String,
 }
 
 /// Default addresses of the stack `dev/up` starts.
@@ -28,6 +31,7 @@ pub const LOCAL_CONNECT_URL: &str = "http://127.0.0.1:8083";
 pub const LOCAL_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:8081/apis/ccompat/v7";
 pub const LOCAL_WALLET_DB_URL: &str = "postgres://wallet:wallet@127.0.0.1:5432/wallet";
 pub const LOCAL_LEDGER_DB_URL: &str = "postgres://ledger:ledger@127.0.0.1:5432/ledger";
+pub const LOCAL_QUERY_DB_URL: &str = "postgres://query:query@127.0.0.1:5432/query";
 
 impl StackSettings {
     /// Reads every address from its variable, falling back to the local stack.
@@ -38,6 +42,7 @@ impl StackSettings {
             schema_registry_url: var_or("PAYSTREAM_SCHEMA_REGISTRY_URL", LOCAL_SCHEMA_REGISTRY_URL),
             wallet_db_url: var_or("PAYSTREAM_WALLET_DB_URL", LOCAL_WALLET_DB_URL),
             ledger_db_url: var_or("PAYSTREAM_LEDGER_DB_URL", LOCAL_LEDGER_DB_URL),
+            query_db_url: var_or("PAYSTREAM_QUERY_DB_URL", LOCAL_QUERY_DB_URL),
         }
     }
 }

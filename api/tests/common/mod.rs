@@ -28,6 +28,8 @@ pub struct TestApi {
     pub http: reqwest::Client,
     pub db: PgPool,
     pub ledger: PgPool,
+    /// The read database the query endpoints read.
+    pub query: PgPool,
     pub settings: StackSettings,
     _stop: oneshot::Sender<()>,
 }
@@ -47,9 +49,14 @@ impl TestApi {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         paystream_stack::postgres::migrate_ledger(&ledger).await.expect("ledger migrations");
+        let query = paystream_stack::postgres::connect(&settings.query_db_url, STACK_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        paystream_stack::postgres::migrate_query(&query).await.expect("query migrations");
         let state = AppState {
             db: db.clone(),
             ledger: ledger.clone(),
+            query: query.clone(),
             callbacks: Arc::new(paystream_api::signature::Verifier::new(vec![CALLBACK_SECRET.to_vec()])),
             codec: Arc::new(EventCodec::new(&settings.schema_registry_url).unwrap()),
             auth: Arc::new(Authenticator::hs256(SECRET)),
@@ -63,7 +70,7 @@ impl TestApi {
             let _ = stopped.await;
         }));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Self { base_url, http, db, ledger, settings, _stop: stop }
+        Self { base_url, http, db, ledger, query, settings, _stop: stop }
     }
 
     /// A request as `user`, with a JSON body.
