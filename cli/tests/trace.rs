@@ -37,8 +37,12 @@ const OTLP_ENDPOINT: &str = "http://127.0.0.1:4318";
 const PORTS: [u16; 7] = [8080, 8090, 9101, 9102, 9103, 9104, 9109];
 /// The batch span processor's export interval in the processes (the SDK's default is 5 s).
 const EXPORT_INTERVAL_MS: u64 = 500;
-/// Budget for the payment to be settled.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Budget for the payment to be settled: a consumer group that joins slowly (a member of an
+/// earlier run still in its session) delays the charge by up to a minute.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// The saga's payment timeout here, ms: long enough that a slow start charges the payment rather
+/// than time it out (the chain under test is the charged one).
+const PAYMENT_TIMEOUT_MS: u64 = 120_000;
 /// Budget for every span of the chain to be in Jaeger once the payment is settled.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two polls (of the wallet database, of Jaeger).
@@ -140,7 +144,8 @@ fn assert_ports_free() {
 }
 
 /// The processes' environment: a provider without faults (one payment, one clean chain) whose
-/// callback comes after the dispatcher's outcome, and export to the local Jaeger.
+/// callback comes after the dispatcher's outcome, a payment timeout no slow start reaches, and
+/// export to the local Jaeger.
 fn environment(state_dir: &Path) -> Vec<(String, String)> {
     let env = FlowEnvironment {
         seed: 14,
@@ -152,7 +157,9 @@ fn environment(state_dir: &Path) -> Vec<(String, String)> {
         provider_5xx_rate: 0.0,
         state_dir: Some(state_dir.to_owned()),
     };
-    let mut vars = env.vars();
+    let mut vars: Vec<(String, String)> =
+        env.vars().into_iter().filter(|(name, _)| name != "PAYSTREAM_PAYMENT_TIMEOUT_MS").collect();
+    vars.push(("PAYSTREAM_PAYMENT_TIMEOUT_MS".into(), PAYMENT_TIMEOUT_MS.to_string()));
     vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), OTLP_ENDPOINT.into()));
     vars.push(("OTEL_BSP_SCHEDULE_DELAY".into(), EXPORT_INTERVAL_MS.to_string()));
     vars
