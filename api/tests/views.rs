@@ -32,6 +32,8 @@ use uuid::Uuid;
 /// The test topics the sink copies read.
 const VIEW_TOPIC: &str = "it.payments.view";
 const TIMELINE_TOPIC: &str = "it.payments.timeline";
+/// Where the copies dead-letter what they cannot read (production: `payments.dlq`).
+const DLQ_TOPIC: &str = "it.payments.dlq";
 /// One partition: the records of a test arrive in the order it sent them, so a record sent
 /// after another proves the other was applied once it shows.
 const TEST_PARTITIONS: i32 = 1;
@@ -57,6 +59,7 @@ impl ReadSide {
             &[
                 TopicSpec::new(VIEW_TOPIC, TEST_PARTITIONS).with_config("cleanup.policy", "compact"),
                 TopicSpec::new(TIMELINE_TOPIC, TEST_PARTITIONS),
+                TopicSpec::new(DLQ_TOPIC, TEST_PARTITIONS),
             ],
         )
         .await
@@ -129,7 +132,8 @@ async fn ensure_sinks(connect: &ConnectClient, settings: &StackSettings) {
             .set("topics", topic)
             .set("connection.url", url.clone())
             .set("connection.username", user.clone())
-            .set("connection.password", password.clone());
+            .set("connection.password", password.clone())
+            .set("errors.deadletterqueue.topic.name", DLQ_TOPIC);
         let stem = format!("it-{}", definition.name);
         let digest = {
             use sha2::{Digest, Sha256};
@@ -599,4 +603,73 @@ async fn every_bad_parameter_is_a_400_problem_naming_it() {
     // Without a token: 401, whatever the parameters.
     let (status, _) = side.api.call(Method::GET, "/api/v1/payments?limit=0", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn an_aborted_view_never_reaches_the_read_database() {
+    let side = ReadSide::start().await;
+    let (user, wallet) = side.api.user_with_wallet("0").await;
+    let payment = Uuid::new_v4();
+    let view = new_view(payment, wallet, "aborted test", now_us());
+    // A final-looking view in a transaction that aborts: a read_uncommitted sink would apply
+    // it, and its version 9 would then win over everything after it.
+    let producer: FutureProducer = kafka::transactional_producer(
+        &side.api.settings.kafka_bootstrap,
+        &paystream_stack::testkit::unique("it-views-aborted"),
+    )
+    .create()
+    .unwrap();
+    use rdkafka::producer::Producer;
+    producer.init_transactions(PRODUCE_TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    let aborted = later(&view, 9, "COMPLETED", Some("never committed"));
+    let payload =
+        side.codec.encode_value(VIEW_TOPIC, PaymentView::SCHEMA_JSON, aborted.to_avro()).await.unwrap();
+    let key = payment.to_string();
+    producer
+        .send(FutureRecord::to(VIEW_TOPIC).key(&key).payload(&payload).partition(0), PRODUCE_TIMEOUT)
+        .await
+        .unwrap_or_else(|(e, _)| panic!("producing the aborted view: {e}"));
+    producer.abort_transaction(PRODUCE_TIMEOUT).unwrap();
+    side.view(&view).await;
+    let marker = Uuid::new_v4();
+    side.view(&new_view(marker, wallet, "marker", now_us())).await;
+    side.eventually(user, &format!("/api/v1/payments/{marker}"), "the marker view", |status, _| {
+        status == StatusCode::OK
+    })
+    .await;
+    let (status, body) = side.get(user, &format!("/api/v1/payments/{payment}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["status"].as_str(), body["reason"].as_str()), (Some("NEW"), None), "{body}");
+}
+
+#[tokio::test]
+async fn a_record_the_sink_cannot_read_is_dead_lettered_and_the_next_one_applies() {
+    let side = ReadSide::start().await;
+    let (user, wallet) = side.api.user_with_wallet("0").await;
+    let garbage = format!("not a PaymentView {}", Uuid::new_v4()).into_bytes();
+    side.send(VIEW_TOPIC, Uuid::new_v4(), garbage.clone()).await;
+    let next = Uuid::new_v4();
+    side.view(&new_view(next, wallet, "after the poison", now_us())).await;
+    side.eventually(
+        user,
+        &format!("/api/v1/payments/{next}"),
+        "the view after the poison record",
+        |status, _| status == StatusCode::OK,
+    )
+    .await;
+    let settings = side.api.settings.clone();
+    let wanted = garbage.clone();
+    let dead = tokio::task::spawn_blocking(move || {
+        let consumer = paystream_stack::testkit::consumer(&settings, DLQ_TOPIC, "read_committed");
+        let received =
+            paystream_stack::testkit::consume_until(&consumer, SINK_TIMEOUT, Duration::ZERO, |seen| {
+                seen.iter().any(|r| r.value.as_deref() == Some(wanted.as_slice()))
+            });
+        received.into_iter().find(|r| r.value.as_deref() == Some(wanted.as_slice())).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.header("__connect.errors.topic"), Some(VIEW_TOPIC.as_bytes()), "{dead:?}");
+    assert!(dead.header("__connect.errors.exception.class.name").is_some(), "{dead:?}");
 }
