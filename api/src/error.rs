@@ -198,7 +198,9 @@ pub async fn method_not_allowed() -> ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => Self::Unavailable(error.to_string()),
+            // The database was away or shutting down (a restart answers 57P01): the request
+            // changed nothing and the same one may succeed in a moment.
+            error if paystream_stack::postgres::is_transient(error) => Self::Unavailable(error.to_string()),
             _ => Self::Internal(error.to_string()),
         }
     }

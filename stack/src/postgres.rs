@@ -91,3 +91,30 @@ mod tests {
         assert_eq!(redact("postgres://wallet@h/wallet"), "postgres://wallet@h/wallet");
     }
 }
+
+// Which database errors are worth retrying: written once for settlement, the pay.order inbox
+// and the API (which answers them 503, "try again", instead of 500).
+
+/// A database error that says nothing about the data: the connection or the server was
+/// away, or Postgres aborted the transaction to resolve contention.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_is_transient(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs worth retrying: class 08 (connection exception), 40001 (serialization
+/// failure), 40P01 (deadlock), class 53 (insufficient resources, e.g. too many
+/// connections), 55P03 (lock not available), 57014 (statement timeout), 57P01–57P03 (the
+/// server is shutting down or starting).
+pub fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
+}
