@@ -185,16 +185,33 @@ fn run(ops: &[Op], backends: &mut dyn Backends) -> Result<(), TestCaseError> {
                 store.delete(k).expect("delete");
                 model.staged.insert(k.clone(), None);
             }
-            Op::Get(k) => prop_assert_eq!(store.get(k).expect("get"), model.get(k), "step {}: get {:?}", step, k),
+            Op::Get(k) => {
+                prop_assert_eq!(store.get(k).expect("get"), model.get(k), "step {}: get {:?}", step, k)
+            }
             Op::Range(f, t, l) => {
-                prop_assert_eq!(store.range(f, t, *l).expect("range"), model.scan(f, Some(t), *l), "step {}", step)
+                prop_assert_eq!(
+                    store.range(f, t, *l).expect("range"),
+                    model.scan(f, Some(t), *l),
+                    "step {}",
+                    step
+                )
             }
             Op::RangeFrom(f, l) => {
-                prop_assert_eq!(store.range_from(f, *l).expect("range_from"), model.scan(f, None, *l), "step {}", step)
+                prop_assert_eq!(
+                    store.range_from(f, *l).expect("range_from"),
+                    model.scan(f, None, *l),
+                    "step {}",
+                    step
+                )
             }
             Op::Prefix(p, l) => {
                 let end = prefix_end(p);
-                prop_assert_eq!(store.prefix(p, *l).expect("prefix"), model.scan(p, end.as_deref(), *l), "step {}", step)
+                prop_assert_eq!(
+                    store.prefix(p, *l).expect("prefix"),
+                    model.scan(p, end.as_deref(), *l),
+                    "step {}",
+                    step
+                )
             }
             Op::KeepRecord => {
                 store.keep_record();
@@ -219,9 +236,13 @@ fn run(ops: &[Op], backends: &mut dyn Backends) -> Result<(), TestCaseError> {
             }
         }
         prop_assert_eq!(store.is_dirty(), !model.dirty.is_empty(), "step {}: dirty", step);
-        let pending: Layer =
-            store.pending().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
-        prop_assert_eq!(&pending, &model.dirty, "step {}: the changelog records are the interval's last writes", step);
+        let pending: Layer = store.pending().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+        prop_assert_eq!(
+            &pending,
+            &model.dirty,
+            "step {}: the changelog records are the interval's last writes",
+            step
+        );
         assert_backend_holds(store.backend(), &model)?;
     }
     // The whole view, once more, through the unbounded scan.

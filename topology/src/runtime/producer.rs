@@ -8,6 +8,7 @@
 //! recovery (abort on this producer, replace it, or leave the group).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::clients::{self, TRANSACTION_CALL_TIMEOUT};
+use super::faults::{self, CommitFault};
 use super::stream_thread::lock;
 use super::{ProcessingGuarantee, StreamsConfig, StreamsError};
 use crate::record::OutputRecord;
@@ -62,6 +64,11 @@ pub(super) struct TransactionalProducer {
     pub tracker: DeliveryTracker,
     /// Whether transactions are used (exactly-once v2).
     pub transactional: bool,
+    /// Its `transactional.id`, which names the injected faults meant for it.
+    transactional_id: String,
+    /// Records sent since the transaction began: a transaction that wrote nothing needs no
+    /// fencing offsets (and librdkafka completes it without a request).
+    records_in_transaction: AtomicUsize,
 }
 
 impl TransactionalProducer {
@@ -77,7 +84,56 @@ impl TransactionalProducer {
                 .init_transactions(TRANSACTION_CALL_TIMEOUT)
                 .map_err(StreamsError::kafka("initializing transactions"))?;
         }
-        Ok(Self { producer, tracker, transactional })
+        Ok(Self {
+            producer,
+            tracker,
+            transactional,
+            transactional_id: config.transactional_id(),
+            records_in_transaction: AtomicUsize::new(0),
+        })
+    }
+
+    /// Records sent in the open transaction.
+    pub fn records_in_transaction(&self) -> usize {
+        self.records_in_transaction.load(Ordering::Relaxed)
+    }
+
+    /// The transaction is over (committed, aborted, or its producer about to be replaced).
+    pub fn transaction_over(&self) {
+        self.records_in_transaction.store(0, Ordering::Relaxed);
+    }
+
+    /// Commits the open transaction: flushes (serving every delivery report), then EndTxn.
+    ///
+    /// This is also the one seam where a test's injected fault ([`faults`]) acts: a timeout
+    /// before the EndTxn leaves the transaction open on the broker, a timeout after it leaves
+    /// it committed, and both come back as [`TransactionFailure::Ambiguous`], as a real timeout
+    /// does.
+    pub fn commit_transaction(&self) -> Result<(), TransactionFailure> {
+        let commit = || {
+            self.producer
+                .commit_transaction(TRANSACTION_CALL_TIMEOUT)
+                .map_err(|e| classify("commit_transaction", &e))
+        };
+        match faults::take_commit_fault(&self.transactional_id) {
+            None => commit(),
+            Some(CommitFault::TimeoutBeforeCommit) => {
+                // Delivered but never ended, as when the EndTxn request is lost.
+                self.producer.flush(TRANSACTION_CALL_TIMEOUT).map_err(|e| classify("flush", &e))?;
+                Err(TransactionFailure::Ambiguous(
+                    "commit_transaction: timed out (injected, before the EndTxn)".into(),
+                ))
+            }
+            Some(CommitFault::TimeoutAfterCommit) => {
+                commit()?;
+                Err(TransactionFailure::Ambiguous(
+                    "commit_transaction: timed out (injected, after the commit)".into(),
+                ))
+            }
+            Some(CommitFault::Abortable) => {
+                Err(TransactionFailure::Abortable("commit_transaction: abortable error (injected)".into()))
+            }
+        }
     }
 
     /// Aborts the open transaction. librdkafka's abort waits until every outstanding message is
@@ -115,7 +171,10 @@ impl TransactionalProducer {
         }
         loop {
             match self.producer.send(base) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.records_in_transaction.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     base = back;
                     self.producer.poll(Duration::from_millis(10));
