@@ -22,7 +22,8 @@ pub struct StreamsMetrics {
     pub process_latency: Histogram,
     /// Time of one commit (changelog flush, offsets, EndTxn).
     pub commit_latency: Histogram,
-    /// Commits by outcome: committed, aborted, fenced, ambiguous.
+    /// Commits by outcome: committed, aborted, fenced, and an ambiguous (timed-out) commit as
+    /// resolved: ambiguous_committed, ambiguous_aborted, ambiguous_restored (stores reopened).
     pub commits: IntCounterVec,
     /// Records restored per store.
     pub restore_records: IntCounterVec,
