@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use paystream_stack::connect::ConnectClient;
 use paystream_stack::StackSettings;
 use prometheus::{
-    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::dlq::DlqCounter;
+use crate::timers::TimerWatch;
 use crate::{lag, payments};
 
 /// Pause between two collections. Prometheus scrapes every 5 s locally; lag moves slower than
@@ -52,10 +54,17 @@ pub struct ExporterMetrics {
     settle_latency: HistogramVec,
     collections: IntCounterVec,
     collect_seconds: GaugeVec,
+    timers_pending: IntGauge,
+    timers_overdue: IntGauge,
+    timers_behind: Gauge,
+    timer_fire_delay: Histogram,
 }
 
 /// The sources one collection reads, the `source` label.
-pub const SOURCES: &[&str] = &["kafka", "dlq", "connect", "postgres"];
+pub const SOURCES: &[&str] = &["kafka", "dlq", "connect", "postgres", "timers"];
+/// Buckets of a timer's firing after its due time, in seconds: the timers app punctuates every
+/// second and commits every few; minutes mean it was away.
+const FIRE_DELAY_BUCKETS_S: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0];
 
 impl ExporterMetrics {
     /// The metrics in a fresh registry.
@@ -144,8 +153,31 @@ impl ExporterMetrics {
                 "Duration of the last collection of each source",
                 &["source"],
             )?,
+            timers_pending: IntGauge::new(
+                "paystream_timers_pending",
+                "Timers scheduled on payments.timers since the exporter started and not fired yet",
+            )?,
+            timers_overdue: IntGauge::new(
+                "paystream_timers_overdue",
+                "Of those, the ones whose due time has passed",
+            )?,
+            timers_behind: Gauge::new(
+                "paystream_timers_behind_seconds",
+                "How far the oldest unfired timer is past its due time; 0 when none is due",
+            )?,
+            timer_fire_delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "paystream_timer_fire_delay_seconds",
+                    "Fired timers' delay after their due time (fired_at - due_at)",
+                )
+                .buckets(FIRE_DELAY_BUCKETS_S.to_vec()),
+            )?,
             registry: registry.clone(),
         };
+        registry.register(Box::new(metrics.timers_pending.clone()))?;
+        registry.register(Box::new(metrics.timers_overdue.clone()))?;
+        registry.register(Box::new(metrics.timers_behind.clone()))?;
+        registry.register(Box::new(metrics.timer_fire_delay.clone()))?;
         registry.register(Box::new(metrics.connect_up.clone()))?;
         registry.register(Box::new(metrics.stuck.clone()))?;
         registry.register(Box::new(metrics.stuck_oldest.clone()))?;
@@ -213,6 +245,7 @@ struct State {
     connect: Option<ConnectClient>,
     db: Option<PgPool>,
     dlq: Option<DlqCounter>,
+    timers: Option<TimerWatch>,
     settled_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -227,6 +260,7 @@ pub async fn run(settings: StackSettings, dlq_topic: String, metrics: ExporterMe
             .ok(),
         settings,
         dlq: None,
+        timers: None,
         settled_after: None,
     };
     let mut ticker = tokio::time::interval(interval);
@@ -273,6 +307,30 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
                 .dlq_records
                 .with_label_values(&[&key.source_topic, &key.reason, &key.processor])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    // The timers: a watch that failed is made again (from the topic's end).
+    let started = Instant::now();
+    if state.timers.is_none() {
+        state.timers =
+            TimerWatch::payments(&state.settings.kafka_bootstrap, &state.settings.schema_registry_url)
+                .inspect_err(|error| tracing::warn!(%error, "timer watch not started"))
+                .ok();
+    }
+    if let Some(watch) = &mut state.timers {
+        let result = watch.catch_up().await;
+        if result.is_err() {
+            state.timers = None;
+        }
+        if let (Some(caught), Some(watch)) = (metrics.outcome("timers", started, result), &state.timers) {
+            for delay in caught.fire_delays_s {
+                metrics.timer_fire_delay.observe(delay.max(0.0));
+            }
+            let (overdue, behind) = watch.overdue(now_ms());
+            metrics.timers_pending.set(i64::try_from(watch.pending()).unwrap_or(i64::MAX));
+            metrics.timers_overdue.set(i64::try_from(overdue).unwrap_or(i64::MAX));
+            metrics.timers_behind.set(behind);
         }
     }
 
@@ -340,6 +398,12 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
             state.settled_after = until.or(state.settled_after);
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

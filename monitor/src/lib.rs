@@ -1,7 +1,7 @@
 //! What an operator of paystream looks at first, from the stack's own bookkeeping rather than
 //! from any one process: consumer lag of every group (paystream's, Kafka Connect's, anyone's),
 //! Kafka Connect's connectors and tasks, Debezium's replication slots, the dead letters, and the
-//! payments by state with the stuck ones.
+//! payments by state with the stuck ones, and the durable timers' lag behind their due time.
 //!
 //! Two front ends share it: `paystream lag-exporter` ([`exporter`]: Prometheus gauges, refreshed
 //! in the background) and `paystream status` ([`status`]: one table, probed on demand).
@@ -19,3 +19,4 @@ pub mod exporter;
 pub mod lag;
 pub mod payments;
 pub mod status;
+pub mod timers;
