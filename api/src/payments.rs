@@ -131,6 +131,9 @@ enum Decision {
 #[utoipa::path(
     post,
     path = "/api/v1/payment",
+    // Unique in the document (OpenAPI requires it; Swagger UI keys its state by it), unlike
+    // the handler's name, which accounts' `create` shares.
+    operation_id = "create_payment",
     tag = "payments",
     request_body(content = PaymentRequest, content_type = "application/json"),
     params(

@@ -53,4 +53,16 @@ async fn swagger_ui_is_served_at_its_path_over_the_apis_own_document() {
         document["paths"]["/api/v1/payments/{paymentId}/cancel"]["post"].is_object(),
         "the cancel is documented"
     );
+    // Swagger UI keys each operation's state by its operationId: two alike would share it.
+    let mut ids: Vec<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|operation| operation["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operationIds are unique: {ids:?}");
 }
