@@ -809,3 +809,81 @@ async fn a_warm_restart_after_a_clean_stop_reads_no_changelog() {
     }
     topics.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_waits_for_a_transaction_below_the_end_and_includes_it_once_committed() {
+    let topics = Topics::new("stable", 2).await;
+    let changelog = format!("{}-counts-changelog", topics.app);
+    let first = tempfile::tempdir().unwrap();
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(first.path())).unwrap();
+    wait_running(&streams);
+    streams.close().unwrap();
+
+    // A previous owner's last transaction: its changelog records are written (below the high
+    // watermark) but its marker is not, as between a commit's offsets and its changelog marker.
+    let owner: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &topics.settings.kafka_bootstrap)
+        .set("transactional.id", format!("{}-previous-owner", topics.app))
+        .create()
+        .expect("transactional producer");
+    owner.init_transactions(Duration::from_secs(30)).expect("init_transactions");
+    owner.begin_transaction().expect("begin");
+    // Keys of task 0 (queries route a key to its partition's task).
+    let pending: Vec<String> = (0..)
+        .map(|i| format!("pending{i}"))
+        .filter(|k| partition_for_key(k.as_bytes(), 2) == 0)
+        .take(10)
+        .collect();
+    for key in &pending {
+        owner
+            .send(BaseRecord::to(&changelog).partition(0).key(&key).payload("7"))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    owner.flush(Duration::from_secs(30)).expect("the records are acknowledged");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(fresh.path())).unwrap();
+    let started = Instant::now();
+    while streams.assigned_partitions() != vec![1] {
+        assert!(!streams.is_finished(), "the runtime stopped");
+        assert!(started.elapsed() < RUNNING_TIMEOUT, "task 1 not active after {RUNNING_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Task 1 runs; task 0 waits for the undecided transaction instead of ending its restore at
+    // the last stable offset, before those records.
+    assert_ne!(streams.state(), StreamsState::Running, "task 0 still restoring");
+    assert_eq!(streams.metrics().restore_partitions.with_label_values(&["counts"]).get(), 0, "not read yet");
+
+    owner.commit_transaction(Duration::from_secs(30)).expect("commit");
+    wait_running(&streams);
+    let store = streams.store("counts").unwrap();
+    for key in &pending {
+        assert_eq!(
+            store.get(key.as_bytes()).unwrap(),
+            Some(b"7".to_vec()),
+            "{key}: the decided transaction is restored"
+        );
+    }
+    streams.close().unwrap();
+    topics.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_a_running_instance_on_a_tokio_worker_does_not_wait_for_its_stop() {
+    let topics = Topics::new("drop", 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let streams =
+        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
+    wait_running(&streams);
+    let handle = streams.shutdown_handle();
+    // The stop (a commit, store closes, leaving the group) takes the broker's round trips; the
+    // drop returns before it, on this worker.
+    drop(streams);
+    assert!(handle.is_requested(), "the drop asked for the stop");
+    assert!(!handle.is_stopped(), "the drop did not wait for the stream thread");
+    tokio::time::timeout(OUTPUT_TIMEOUT, handle.stopped()).await.expect("the instance stopped by itself");
+    topics.cleanup().await;
+}

@@ -227,10 +227,7 @@ impl ChangelogReader {
     ) -> Result<BTreeMap<ChangelogPartition, (i64, i64)>, RestoreError> {
         let low = end_offsets(&self.watermark_client, changelogs, Offset::Beginning)?;
         let high = end_offsets(&self.watermark_client, changelogs, Offset::End)?;
-        Ok(changelogs
-            .iter()
-            .filter_map(|c| Some((c.clone(), (*low.get(c)?, *high.get(c)?))))
-            .collect())
+        Ok(changelogs.iter().filter_map(|c| Some((c.clone(), (*low.get(c)?, *high.get(c)?)))).collect())
     }
 
     /// Asks for `changelog` to be restored into `backend` from `from` up to `end`, its high
@@ -516,7 +513,8 @@ fn end_offsets<C: rdkafka::consumer::ConsumerContext>(
     let answered = client.offsets_for_times(tpl, WATERMARK_TIMEOUT).map_err(|source| kafka(first, source))?;
     let mut offsets = BTreeMap::new();
     for element in answered.elements() {
-        let changelog = ChangelogPartition { topic: element.topic().to_string(), partition: element.partition() };
+        let changelog =
+            ChangelogPartition { topic: element.topic().to_string(), partition: element.partition() };
         element.error().map_err(|source| kafka(&changelog, source))?;
         match element.offset() {
             Offset::Offset(offset) => offsets.insert(changelog, offset),

@@ -317,9 +317,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
                     topic: spec.changelog_topic(&self.config.application_id),
                     partition,
                 };
-                let (low, high) = *watermarks.get(&changelog).ok_or_else(|| restore::RestoreError::NoOffset {
-                    topic: changelog.topic.clone(),
-                    partition,
+                let (low, high) = *watermarks.get(&changelog).ok_or_else(|| {
+                    restore::RestoreError::NoOffset { topic: changelog.topic.clone(), partition }
                 })?;
                 let checkpoint = admin::trusted_checkpoint(
                     checkpoints.get(&spec.name).copied(),
