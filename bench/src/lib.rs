@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`ingest`]: the `ingest` benchmark, step by step: seed, paystream, pgbench, report,
 //!   clean up (also when interrupted).
+//! - [`query`]: the `query` benchmark (issue 13): the read side's GET by id and search against
+//!   pgbench running the same SQL on the read database.
 //! - [`payment`]: the one payment both sides make, and a real encoded `PaymentInitiated`.
 //! - [`seed`]: bench users and wallets, their deterministic ids (shared with pgbench),
 //!   inserting and removing them.
@@ -32,6 +34,7 @@ pub mod latency;
 pub mod load;
 pub mod machine;
 pub mod payment;
+pub mod query;
 pub mod pgbench;
 pub mod report;
 pub mod restore;

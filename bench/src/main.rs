@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paystream_bench::join::{harness, peer};
-use paystream_bench::{ingest, restore};
+use paystream_bench::{ingest, query, restore};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// POST /api/v1/payment against pgbench running the same transaction, in one run.
     Ingest(ingest::Args),
+    /// The read side's GET by id and search against pgbench running the same SQL on the read database.
+    Query(query::Args),
     /// Remove what interrupted `ingest` runs left in the wallet database.
     Clean,
     /// One stateful keyed join as raw rdkafka, paystream's runtime, Kafka Streams and Quix Streams.
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Query(args) => query::run(args).await,
             Command::Clean => ingest::clean().await,
             Command::Join(args) => harness::run(args).await,
             Command::Restore(args) => restore::run(args).await,
