@@ -218,7 +218,7 @@ async fn hostile_requests_get_their_problem_and_change_nothing() {
     let cases = vec![
         // Paths and methods nobody serves.
         Case::new("unknown path", Method::GET, "/nope").expect(StatusCode::NOT_FOUND, "not-found"),
-        Case::new("a path not built yet", Method::GET, "/api/v1/payments")
+        Case::new("a path not built yet", Method::GET, "/api/v1/refunds")
             .bearer(&bearer)
             .expect(StatusCode::NOT_FOUND, "not-found"),
         Case::new("a trailing slash", Method::GET, "/api/v1/accounts/")
@@ -366,6 +366,41 @@ async fn hostile_requests_get_their_problem_and_change_nothing() {
         Case::new("an unknown wallet's balance", Method::GET, format!("/api/v1/accounts/{}", Uuid::new_v4()))
             .bearer(&bearer)
             .expect(StatusCode::NOT_FOUND, "not-found"),
+        // The owner's cancel (issue 16): someone else's or an unknown payment is the same 404.
+        Case::new(
+            "a cancel without a token",
+            Method::POST,
+            format!("/api/v1/payments/{}/cancel", Uuid::new_v4()),
+        )
+        .expect(StatusCode::UNAUTHORIZED, "unauthorized"),
+        Case::new(
+            "a cancel of a payment id that is not a UUID",
+            Method::POST,
+            "/api/v1/payments/not-a-uuid/cancel",
+        )
+        .bearer(&bearer)
+        .expect(u422, "validation"),
+        Case::new(
+            "a cancel of an unknown payment",
+            Method::POST,
+            format!("/api/v1/payments/{}/cancel", Uuid::new_v4()),
+        )
+        .bearer(&bearer)
+        .expect(StatusCode::NOT_FOUND, "not-found"),
+        Case::new(
+            "reading an unknown payment's cancel",
+            Method::GET,
+            format!("/api/v1/payments/{}/cancel", Uuid::new_v4()),
+        )
+        .bearer(&bearer)
+        .expect(StatusCode::NOT_FOUND, "not-found"),
+        Case::new(
+            "a cancel with a method it does not have",
+            Method::DELETE,
+            format!("/api/v1/payments/{}/cancel", Uuid::new_v4()),
+        )
+        .bearer(&bearer)
+        .expect(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
         Case::new("balances without a token", Method::GET, "/api/v1/accounts")
             .expect(StatusCode::UNAUTHORIZED, "unauthorized"),
         // Accounts.
