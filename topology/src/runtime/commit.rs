@@ -243,9 +243,11 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
     }
 
     /// The offsets that fence this transaction by group generation even where it consumed
-    /// nothing: for every assigned input partition of an active task that `offsets` lacks, its
-    /// current position, which is its committed offset (every record polled is processed, or the
-    /// consumer was rewound). Before the first record of a partition there is no position: its
+    /// nothing: for every assigned input partition of an active task that `offsets` lacks, where
+    /// it stands, which is its committed offset: the first record still in the task's input
+    /// buffer if there is one (the consumer's position has run ahead of it: those records are
+    /// polled, not processed), else the consumer's position (every record polled is processed,
+    /// or the consumer was rewound). Before the first record of a partition there is no position: its
     /// committed offset is read from the group instead, and with none yet, the offset
     /// `auto.offset.reset = earliest` starts from.
     fn add_fencing_offsets<C: ConsumerContext>(
@@ -272,6 +274,10 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
         let positions = consumer.position().map_err(|e| unavailable("positions", e))?;
         let mut unknown = TopicPartitionList::new();
         for element in wanted.elements() {
+            if let Some(next) = self.tasks.next_buffered_offset(element.topic(), element.partition()) {
+                add(offsets, element.topic(), element.partition(), next)?;
+                continue;
+            }
             match positions.find_partition(element.topic(), element.partition()).map(|p| p.offset()) {
                 Some(Offset::Offset(next)) => add(offsets, element.topic(), element.partition(), next)?,
                 _ => {

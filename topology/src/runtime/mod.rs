@@ -22,6 +22,7 @@ mod admin;
 mod clients;
 mod commit;
 pub mod faults;
+mod partition_group;
 mod producer;
 pub mod restore;
 mod shutdown;
@@ -80,6 +81,12 @@ pub struct StreamsConfig {
     pub session_timeout: Duration,
     /// Longest wait in one consumer poll; bounds wall-clock punctuation lateness.
     pub poll_timeout: Duration,
+    /// Kafka Streams' `max.task.idle.ms`: how long a task with records buffered waits for one of
+    /// its input partitions that has none and is caught up (nothing on the broker to fetch)
+    /// before it processes the others. 0 (the default, Kafka Streams' too): a caught-up
+    /// partition never holds the task back; one that is behind is still waited for, up to
+    /// `UNFETCHED_DATA_WAIT` (500 ms). See topology/README.md, "Input order".
+    pub max_task_idle: Duration,
     /// `statistics.interval.ms`, which feeds the consumer-lag gauge.
     pub statistics_interval: Duration,
     /// `linger.ms` of the producer.
@@ -108,6 +115,7 @@ impl StreamsConfig {
             transaction_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(10),
             poll_timeout: Duration::from_millis(50),
+            max_task_idle: Duration::ZERO,
             statistics_interval: Duration::from_secs(5),
             linger: Duration::from_millis(5),
             error_policy: ErrorPolicy::Fail,

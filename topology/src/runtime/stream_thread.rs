@@ -13,6 +13,12 @@
 //! record is read again. The back-off starts over once processing gets past the record (or
 //! punctuation) that failed.
 //!
+//! Polled records are not processed as they come: each goes to its task's buffer for its input
+//! partition, and each turn every active task processes its next record by the lowest timestamp
+//! across its partitions, waiting (bounded) for a partition that has none yet (see
+//! `partition_group.rs` and the README's "Input order"). A rewind drops the buffers with the
+//! transaction; a commit carries only processed records' offsets.
+//!
 //! The state the loop and the callbacks share lives in `StreamThread` behind a mutex. The loop
 //! never holds it across `poll`, which is where librdkafka runs the callbacks, on this same
 //! thread.
@@ -160,6 +166,7 @@ where
         retry_point: None,
         retry_backoff: RETRY_BACKOFF_INITIAL,
         sends_since_poll: 0,
+        progressed: false,
         restore_busy: None,
         last_restore_turn: Instant::now(),
     }));
@@ -208,10 +215,15 @@ where
     }
     // While tasks restore, the poll only looks in (the turn's time goes to restoring), and does
     // not wait at all while changelog records flow.
-    let timeout = match lock(shared).restore_busy {
-        Some(true) => Duration::ZERO,
-        Some(false) => RESTORE_IDLE_POLL.min(env.config.poll_timeout),
-        None => env.config.poll_timeout,
+    // Nor while buffered records are being processed: the next may be ready at once.
+    let timeout = {
+        let s = lock(shared);
+        match s.restore_busy {
+            _ if s.progressed => Duration::ZERO,
+            Some(true) => Duration::ZERO,
+            Some(false) => RESTORE_IDLE_POLL.min(env.config.poll_timeout),
+            None => env.config.poll_timeout,
+        }
     };
     // The lock is not held here: rebalance callbacks run inside poll and take it.
     let polled = consumer.poll(timeout).map(|m| m.map(|m| raw(&m)));
@@ -225,10 +237,13 @@ where
     let polled_nothing = polled.is_none();
     match polled {
         Some(Ok(record)) if s.tasks.is_restoring(record.partition) => s.tasks.hold_back(consumer, &record)?,
-        Some(Ok(record)) => s.process(record)?,
+        Some(Ok(record)) => s.tasks.buffer(consumer, record),
         Some(Err(error)) => tracing::warn!(%error, "consumer error"),
         None => {}
     }
+    s.process_buffered(consumer)?;
+    s.tasks.release_paused(consumer);
+    let polled_nothing = polled_nothing && !s.progressed;
     if s.retry.is_none() {
         s.punctuate_wall_clock()?;
     }
@@ -300,6 +315,8 @@ pub(super) struct StreamThread<K, V> {
     retry_backoff: Duration,
     /// Records sent since the producer was last polled.
     sends_since_poll: usize,
+    /// The last turn processed a buffered record: the next poll does not wait.
+    progressed: bool,
     /// Whether tasks are restoring (`Some`), and whether the last turn applied changelog
     /// records: it sets how long the next poll of the main consumer may wait.
     restore_busy: Option<bool>,
@@ -338,6 +355,29 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
             }
             self.in_transaction = true;
             self.interval_started = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// One record for every active task that has one ready by the lowest-timestamp rule; stops
+    /// at a retriable error or a failed send (the loop then aborts and rewinds, or stops).
+    fn process_buffered<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<(), StreamsError> {
+        self.progressed = false;
+        if !self.tasks.any_buffered() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        for partition in self.tasks.active_partitions() {
+            if self.retry.is_some() || self.fatal.is_some() {
+                break;
+            }
+            if let Some(record) = self.tasks.next_record(consumer, partition, now) {
+                self.progressed = true;
+                self.process(record)?;
+            }
         }
         Ok(())
     }

@@ -15,8 +15,21 @@
 //! and activates it when every changelog has reached its end: the task is built, its stores
 //! become queryable, and its input partitions are resumed (from the committed offsets, since
 //! nothing of them was consumed). Kafka Streams' state updater, on the stream thread.
+//!
+//! # Input buffers
+//! Each active task buffers what the consumer polls for it, one queue per input partition
+//! ([`PartitionGroup`]), and the loop takes its next record by the lowest timestamp across them
+//! (`next_record`; the rule and its bounded idle wait are in `partition_group.rs`). A partition
+//! whose buffer reaches `MAX_BUFFERED_RECORDS_PER_PARTITION` is paused on the consumer and
+//! resumed once it has drained to `RESUME_BUFFERED_RECORDS`. Buffered records are not consumed:
+//! a commit carries only the offsets of processed records, and a partition with a buffer but
+//! nothing processed in the transaction is fenced at its buffer's head (`next_buffered_offset`),
+//! not at the consumer's position, which has run ahead. Every abort drops the buffers (the
+//! consumer is then rewound to the committed offsets and fetches them again), and so do a
+//! suspend and a close.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +39,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::{self, ChangelogRetention};
 use super::clients::RESTORE_FETCH_WAIT;
+use super::partition_group::{Caught, PartitionGroup, RESUME_BUFFERED_RECORDS};
 use super::restore::{self, ChangelogPartition, ChangelogReader, Phase, StartFrom, RESTORE_STALL_TIMEOUT};
 use super::state_directory::{self, Offsets};
 use super::stream_thread::now_ms;
@@ -55,6 +69,8 @@ pub(super) struct OwnedTask<K, V> {
     pub dir: PathBuf,
     /// Logged persistent stores: name → next changelog offset applied to RocksDB.
     pub applied: Offsets,
+    /// Records polled for the task, not yet processed, per input partition.
+    pub inputs: PartitionGroup,
 }
 
 /// A task whose stores are being restored. Its input partitions are paused.
@@ -96,6 +112,8 @@ pub(super) struct TaskManager<K, V> {
     pending: BTreeSet<i32>,
     /// Tasks restoring their stores.
     restoring: BTreeMap<i32, RestoringTask>,
+    /// Input partitions paused because their buffer is full, until it drains (or the task goes).
+    flow_paused: BTreeSet<(String, i32)>,
 }
 
 impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
@@ -125,6 +143,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
             suspended: BTreeMap::new(),
             pending: BTreeSet::new(),
             restoring: BTreeMap::new(),
+            flow_paused: BTreeSet::new(),
         }
     }
 
@@ -132,6 +151,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
     /// suspended, kept open in case it comes back; restoring tasks are closed where they are
     /// (their checkpoints keep the progress).
     pub fn suspend_all(&mut self) {
+        // The consumer starts the kept partitions again from the committed offsets.
+        self.clear_buffers();
         let tasks = std::mem::take(&mut self.active);
         self.suspended.extend(tasks);
         self.close_restoring();
@@ -376,7 +397,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
             for (store, backend) in &restoring.backends {
                 self.register(store, partition, backend);
             }
-            let owned = OwnedTask { task, dir: restoring.dir, applied: restoring.applied };
+            let inputs = PartitionGroup::new(&self.topology.source_topics());
+            let owned = OwnedTask { task, dir: restoring.dir, applied: restoring.applied, inputs };
             checkpoint_task(&owned)?;
             self.active.insert(partition, owned);
             activated.push(partition);
@@ -529,8 +551,11 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
 
     /// The transaction is gone: every active task drops what it had not committed and is revived
     /// as it was after its last commit.
+    /// The buffered input goes too: the caller rewinds the consumer to the committed offsets
+    /// (or leaves the group), so the records are fetched again.
     pub fn aborted(&mut self) -> Result<(), StreamsError> {
         let now = now_ms();
+        self.clear_buffers();
         for owned in self.active.values_mut() {
             owned.task.aborted(now)?;
         }
@@ -540,6 +565,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
     /// Like [`TaskManager::aborted`] on the way out, where a failure changes nothing.
     pub fn aborted_quietly(&mut self) {
         let now = now_ms();
+        self.clear_buffers();
         for owned in self.active.values_mut() {
             let _ = owned.task.aborted(now);
         }
@@ -548,6 +574,85 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
     /// Partitions of the active tasks.
     pub fn active_partitions(&self) -> Vec<i32> {
         self.active.keys().copied().collect()
+    }
+
+    // ----- input buffers -----
+
+    /// Buffers a polled record of an active task, and pauses its partition if the buffer is
+    /// full. A record of a task no longer active (revoked while in flight) is dropped: its owner
+    /// reads it again.
+    pub fn buffer<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, record: RawRecord) {
+        let Some(owned) = self.active.get_mut(&record.partition) else { return };
+        let (topic, partition) = (record.topic.clone(), record.partition);
+        if owned.inputs.push(record) == Some(true) && self.flow_paused.insert((topic.clone(), partition)) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(error) = consumer.pause(&tpl) {
+                // librdkafka's own queue (`queued.max.messages.kbytes`) still bounds what comes.
+                tracing::warn!(%error, %topic, partition, "pausing a partition with a full buffer failed");
+            }
+        }
+    }
+
+    /// The next record of the task of `partition` by the lowest-timestamp rule, if it has one
+    /// ready (see `partition_group.rs`).
+    pub fn next_record<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partition: i32,
+        now: Instant,
+    ) -> Option<RawRecord> {
+        let owned = self.active.get_mut(&partition)?;
+        let index = owned
+            .inputs
+            .choose(now, self.config.max_task_idle, |topic| caught_up(consumer, topic, partition))
+            .ok()?;
+        let (record, left) = owned.inputs.pop(index)?;
+        if left <= RESUME_BUFFERED_RECORDS && self.flow_paused.remove(&(record.topic.clone(), partition)) {
+            resume_one(consumer, &record.topic, partition);
+        }
+        Some(record)
+    }
+
+    /// Whether any active task has records buffered.
+    pub fn any_buffered(&self) -> bool {
+        self.active.values().any(|owned| owned.inputs.buffered() > 0)
+    }
+
+    /// The offset of the first unprocessed buffered record of `topic`/`partition`: where the
+    /// partition really is for a commit (the consumer's position is past the buffer).
+    pub fn next_buffered_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.active.get(&partition)?.inputs.next_offset(topic)
+    }
+
+    /// Resumes the partitions paused for a full buffer whose buffer has been dropped since (an
+    /// abort, a suspend) or whose task has gone; those of restoring tasks are left to the
+    /// task's activation, which resumes every one of its partitions. Cheap when none is paused.
+    pub fn release_paused<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        if self.flow_paused.is_empty() {
+            return;
+        }
+        let released: Vec<(String, i32)> = self
+            .flow_paused
+            .iter()
+            .filter(|(topic, partition)| match self.active.get(partition) {
+                Some(owned) => owned.inputs.buffered_of(topic) <= RESUME_BUFFERED_RECORDS,
+                None => true,
+            })
+            .cloned()
+            .collect();
+        for key in released {
+            self.flow_paused.remove(&key);
+            if !self.is_restoring(key.1) {
+                resume_one(consumer, &key.0, key.1);
+            }
+        }
+    }
+
+    fn clear_buffers(&mut self) {
+        for owned in self.active.values_mut() {
+            owned.inputs.clear();
+        }
     }
 
     fn pause_partitions<C: ConsumerContext>(
@@ -579,6 +684,48 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
             .tasks
             .with_label_values(&["restoring"])
             .set((self.pending.len() + self.restoring.len()) as i64);
+    }
+}
+
+fn resume_one<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(error) = consumer.resume(&tpl) {
+        tracing::debug!(%error, %topic, partition, "resuming a drained partition failed (no longer assigned?)");
+    }
+}
+
+/// Whether `topic`/`partition` is caught up: the consumer's position (past the last record or
+/// transaction marker polled) has reached the high watermark of the partition's last fetch
+/// response, or the partition's log is empty. Both are librdkafka's cached values: no request.
+/// Anything unknown (no fetch response yet, nothing polled since the assignment) is `Behind`,
+/// whose wait is bounded by `UNFETCHED_DATA_WAIT`.
+fn caught_up<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Caught {
+    use rdkafka::bindings::{rd_kafka_get_watermark_offsets, rd_kafka_position};
+    use rdkafka::types::RDKafkaRespErr;
+    let Ok(c_topic) = CString::new(topic) else { return Caught::Behind };
+    let client = consumer.client().native_ptr();
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: `client` is the live handle of `consumer`, borrowed for this call; `c_topic` is a
+    // NUL-terminated string that outlives the call; `low`/`high` are valid out-pointers. The
+    // function only reads librdkafka's cached watermarks under its own lock.
+    let error =
+        unsafe { rd_kafka_get_watermark_offsets(client, c_topic.as_ptr(), partition, &mut low, &mut high) };
+    if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+        return Caught::Behind;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    // SAFETY: as above; `tpl` is a valid list owned here, which librdkafka fills in place.
+    let error = unsafe { rd_kafka_position(client, tpl.ptr()) };
+    if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return Caught::Behind;
+    }
+    match tpl.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(position)) if position >= high => Caught::Up,
+        Some(Offset::Offset(_)) => Caught::Behind,
+        _ if high == low => Caught::Up,
+        _ => Caught::Behind,
     }
 }
 
