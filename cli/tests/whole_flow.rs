@@ -56,15 +56,16 @@ const ORDERS: usize = USERS;
 const SEED: &str = "20261201";
 
 /// Topics a paystream process consumes, with how many consumer groups read each (the saga and
-/// the timers app both read the timers topic, so a poison timer is dead-lettered twice).
+/// the timers app both read the timers topic, so a poison timer is dead-lettered twice; the
+/// payment view reads every payment topic but the charge commands, and dead-letters too).
 const CONSUMED: [(&str, usize); 8] = [
-    (topics::PAYMENTS_INITIATED, 1),
-    (topics::PAYMENTS_CALLBACKS, 1),
-    (topics::PAYMENTS_DISPATCH_OUTCOMES, 1),
-    (topics::PAYMENTS_TIMERS, 2),
+    (topics::PAYMENTS_INITIATED, 2),
+    (topics::PAYMENTS_CALLBACKS, 2),
+    (topics::PAYMENTS_DISPATCH_OUTCOMES, 2),
+    (topics::PAYMENTS_TIMERS, 3),
     (topics::PAYMENTS_PROVIDER_COMMANDS, 1),
-    (topics::PAYMENTS_PROVIDER_REQUESTS, 1),
-    (topics::PAYMENTS_RESULTS, 1),
+    (topics::PAYMENTS_PROVIDER_REQUESTS, 2),
+    (topics::PAYMENTS_RESULTS, 2),
     (topics::PAY_ORDER, 1),
 ];
 /// The header that names a poison record of this test, so its dead letter can be found.
@@ -138,12 +139,14 @@ async fn poison_records(codec: &EventCodec) -> Vec<Poison> {
     for (topic, value) in
         [(topics::PAYMENTS_INITIATED, initiated_bytes), (topics::PAYMENTS_RESULTS, result_bytes)]
     {
+        // Every reader of the topic refuses it (the saga or settlement, and the view).
+        let letters = CONSUMED.iter().find(|(t, _)| *t == topic).map_or(1, |(_, n)| *n);
         poison.push(Poison {
             topic,
             label: format!("{topic}/key-not-payment-id"),
             key: Uuid::new_v4().to_string().into_bytes(),
             value,
-            letters: 1,
+            letters,
         });
     }
     poison
