@@ -11,6 +11,9 @@ REPO_DIR="$(cd "$DEV_DIR/.." && pwd)"
 PAYSTREAM_CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
 PAYSTREAM_STATE="${PAYSTREAM_STATE:-$PAYSTREAM_CACHE/state}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}"
+# CI builds each run from a fresh clone at a new path, so incremental state is never reused
+# there and only fills the disk (42 GB of it once, in one day of clones on one machine).
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 M2_REPO="$PAYSTREAM_CACHE/m2"
 JARS_DIR="$PAYSTREAM_CACHE/jars"
 PLUGINS_DIR="$PAYSTREAM_CACHE/plugins"
