@@ -5,10 +5,11 @@
 //! 1. send each dirty store's changelog records (last value per key) to the task's partition;
 //! 2. `send_offsets_to_transaction` with the consumer's group metadata, so the group generation
 //!    fences a zombie. A transaction that wrote records always carries offsets: those of the
-//!    records it consumed, and for every other input partition of an active task its current
-//!    (unchanged) position. Without them a punctuation-only transaction (the timers app's)
+//!    records it consumed, or, if it consumed none (punctuation only: the timers app), one input
+//!    partition's committed offset, unchanged ([`FenceOffset`]). Without it such a transaction
 //!    would carry no group metadata at all, and a paused instance the group has moved on from
-//!    could still commit timer firings and changelog deletes its successor also made;
+//!    could still commit timer firings and changelog deletes its successor also made. One
+//!    partition is enough: the broker checks the generation once per request;
 //! 3. `commit_transaction`;
 //! 4. only now write the buffered store changes to RocksDB, and at most every
 //!    `checkpoint_interval` sync the WAL and write the checkpoint.
@@ -38,7 +39,7 @@
 //! It is its own module because it is the part where exactly-once is won or lost: every path
 //! that ends a transaction (commit, abort, a failure of either) goes through here.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -56,6 +57,60 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Input offsets a transaction carried for the records it consumed: (topic, partition) → next
 /// offset. What an ambiguous commit is judged by.
 pub(super) type Carried = HashMap<(String, i32), i64>;
+
+/// One input partition's committed offset, which a transaction that consumed nothing carries
+/// (unchanged) so that its `send_offsets_to_transaction` takes the group metadata along and the
+/// group generation can refuse a zombie. Valid for one assignment: `generation` counts the
+/// assignments seen, and a partition that moved away and back may have been committed further by
+/// another member meanwhile, so the offset is looked up again (sending an older one would move
+/// the group's offset back).
+#[derive(Debug, Default)]
+pub(super) struct FenceOffset {
+    /// The assignment this was found in (`paystream_topology_rebalances_total{kind="assigned"}`).
+    generation: Option<u64>,
+    /// (topic, partition) → its committed next offset; `None` when nothing is committed yet.
+    known: Option<((String, i32), i64)>,
+}
+
+impl FenceOffset {
+    /// A transaction committed `carried`: its offsets are the committed ones now.
+    fn committed(&mut self, carried: &Carried) {
+        if let Some(((topic, partition), next)) = carried.iter().next() {
+            self.known = Some(((topic.clone(), *partition), *next));
+        }
+    }
+}
+
+/// The group's committed offset of one assigned input partition of the active tasks `active`
+/// (one OffsetFetch). Not the consumer's position: records polled but not yet processed (buffered
+/// for timestamp order, say) put it ahead of what is committed, and sending it would skip them.
+/// `None` when the group has committed nothing for any of them yet, or the lookup failed (the
+/// next assignment looks again).
+fn find_fence_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    active: &[i32],
+) -> Option<((String, i32), i64)> {
+    let assignment = consumer.assignment().ok()?;
+    let mut wanted = TopicPartitionList::new();
+    for element in assignment.elements() {
+        if active.contains(&element.partition()) {
+            wanted.add_partition(element.topic(), element.partition());
+        }
+    }
+    if wanted.count() == 0 {
+        return None;
+    }
+    match consumer.committed_offsets(wanted, REWIND_TIMEOUT) {
+        Ok(committed) => committed.elements().iter().find_map(|e| match e.offset() {
+            Offset::Offset(next) => Some(((e.topic().to_string(), e.partition()), next)),
+            _ => None,
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "reading a committed offset to fence with");
+            None
+        }
+    }
+}
 
 /// What the broker says became of a transaction whose commit was ambiguous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +153,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
             Ok(()) => {
                 self.metrics.commits.with_label_values(&["committed"]).inc();
                 self.metrics.commit_latency.observe(started.elapsed().as_secs_f64());
+                self.fence.committed(&carried);
                 self.after_commit()?;
                 Ok(None)
             }
@@ -130,8 +186,8 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
             self.producer.send(record).map_err(|e| classify("sending changelog", &e))?;
         }
         if self.producer.transactional {
-            if self.producer.records_in_transaction() > 0 {
-                self.add_fencing_offsets(consumer, &mut offsets)?;
+            if offsets.count() == 0 && self.producer.records_in_transaction() > 0 {
+                self.add_fencing_offset(consumer, &mut offsets)?;
             }
             if offsets.count() > 0 {
                 let metadata = consumer.group_metadata().ok_or_else(|| {
@@ -202,6 +258,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
                 match outcome {
                     Outcome::Committed => {
                         self.metrics.commits.with_label_values(&["ambiguous_committed"]).inc();
+                        self.fence.committed(carried);
                         self.in_transaction = false;
                         // As after any commit: the consumer is already past what it carried.
                         self.applied(&delivered)?;
@@ -242,71 +299,29 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
         self.drop_uncommitted()
     }
 
-    /// The offsets that fence this transaction by group generation even where it consumed
-    /// nothing: for every assigned input partition of an active task that `offsets` lacks, where
-    /// it stands, which is its committed offset: the first record still in the task's input
-    /// buffer if there is one (the consumer's position has run ahead of it: those records are
-    /// polled, not processed), else the consumer's position (every record polled is processed,
-    /// or the consumer was rewound). Before the first record of a partition there is no position: its
-    /// committed offset is read from the group instead, and with none yet, the offset
-    /// `auto.offset.reset = earliest` starts from.
-    fn add_fencing_offsets<C: ConsumerContext>(
-        &self,
+    /// Adds the fencing offset to a transaction that wrote records but consumed none (see
+    /// [`FenceOffset`]). Looked up once per assignment at most, and not at all while the tasks
+    /// consume: a consuming transaction's own offsets carry the group metadata.
+    fn add_fencing_offset<C: ConsumerContext>(
+        &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &mut TopicPartitionList,
     ) -> Result<(), TransactionFailure> {
-        let unavailable = |what: &str, e: rdkafka::error::KafkaError| {
-            TransactionFailure::Abortable(format!("fencing offsets: {what}: {e}"))
-        };
-        let active: BTreeSet<i32> = self.tasks.active.keys().copied().collect();
-        let carried: BTreeSet<(String, i32)> =
-            offsets.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        let mut wanted = TopicPartitionList::new();
-        for element in consumer.assignment().map_err(|e| unavailable("assignment", e))?.elements() {
-            let key = (element.topic().to_string(), element.partition());
-            if active.contains(&element.partition()) && !carried.contains(&key) {
-                wanted.add_partition(element.topic(), element.partition());
+        let generation = self.metrics.rebalances.with_label_values(&["assigned"]).get();
+        if self.fence.generation != Some(generation) {
+            let active = self.tasks.active_partitions();
+            self.fence =
+                FenceOffset { generation: Some(generation), known: find_fence_offset(consumer, &active) };
+        }
+        match &self.fence.known {
+            Some(((topic, partition), next)) => add(offsets, topic, *partition, *next),
+            None => {
+                tracing::debug!(
+                    "no committed input offset yet: a punctuation-only transaction goes unfenced"
+                );
+                Ok(())
             }
         }
-        if wanted.count() == 0 {
-            return Ok(());
-        }
-        let positions = consumer.position().map_err(|e| unavailable("positions", e))?;
-        let mut unknown = TopicPartitionList::new();
-        for element in wanted.elements() {
-            if let Some(next) = self.tasks.next_buffered_offset(element.topic(), element.partition()) {
-                add(offsets, element.topic(), element.partition(), next)?;
-                continue;
-            }
-            match positions.find_partition(element.topic(), element.partition()).map(|p| p.offset()) {
-                Some(Offset::Offset(next)) => add(offsets, element.topic(), element.partition(), next)?,
-                _ => {
-                    unknown.add_partition(element.topic(), element.partition());
-                }
-            }
-        }
-        if unknown.count() == 0 {
-            return Ok(());
-        }
-        let committed = consumer
-            .committed_offsets(unknown, REWIND_TIMEOUT)
-            .map_err(|e| unavailable("committed offsets", e))?;
-        for element in committed.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            match element.offset() {
-                Offset::Offset(next) => add(offsets, topic, partition, next)?,
-                _ if self.config.auto_offset_reset == "earliest" => {
-                    let (low, _) = consumer
-                        .fetch_watermarks(topic, partition, REWIND_TIMEOUT)
-                        .map_err(|e| unavailable("watermarks", e))?;
-                    add(offsets, topic, partition, low)?;
-                }
-                // Nothing committed and no earliest to fall back on: the partitions that do have
-                // offsets still carry the group metadata that fences the transaction.
-                _ => tracing::debug!(%topic, partition, "no offset to fence with"),
-            }
-        }
-        Ok(())
     }
 
     /// Aborts the open transaction on the way out (an error, a stop), where a failure to abort

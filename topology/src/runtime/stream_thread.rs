@@ -166,6 +166,7 @@ where
         retry_point: None,
         retry_backoff: RETRY_BACKOFF_INITIAL,
         sends_since_poll: 0,
+        fence: super::commit::FenceOffset::default(),
         progressed: false,
         restore_busy: None,
         last_restore_turn: Instant::now(),
@@ -315,6 +316,8 @@ pub(super) struct StreamThread<K, V> {
     retry_backoff: Duration,
     /// Records sent since the producer was last polled.
     sends_since_poll: usize,
+    /// An input offset known to be committed, which fences a punctuation-only transaction.
+    pub fence: super::commit::FenceOffset,
     /// The last turn processed a buffered record: the next poll does not wait.
     progressed: bool,
     /// Whether tasks are restoring (`Some`), and whether the last turn applied changelog
