@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -111,6 +111,9 @@ impl TransactionalProducer {
     /// does.
     pub fn commit_transaction(&self) -> Result<(), TransactionFailure> {
         let commit = || {
+            // Flushed here first: rdkafka's own flush (which its commit_transaction starts with)
+            // would find nothing left to wait for.
+            self.flush(TRANSACTION_CALL_TIMEOUT).map_err(|e| classify("flush", &e))?;
             self.producer
                 .commit_transaction(TRANSACTION_CALL_TIMEOUT)
                 .map_err(|e| classify("commit_transaction", &e))
@@ -146,6 +149,25 @@ impl TransactionalProducer {
             tracing::debug!(%error, "flush before abort failed");
         }
         self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
+    }
+
+    /// Waits until every record sent is delivered and its report served, polling in steps of
+    /// [`FLUSH_POLL_STEP`].
+    ///
+    /// Not rdkafka's `flush`: between two looks at librdkafka's queue it polls for up to 100 ms,
+    /// and `BaseProducer::poll` returns only when its timeout is over, not after the first event.
+    /// Every commit with a record in flight (all of them) so waited 100 ms or more after the last
+    /// delivery: the floor of a commit, and of every hop through the runtime.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
+                    self.producer.poll(FLUSH_POLL_STEP);
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Sends one record, waiting while librdkafka's queue is full.
@@ -184,6 +206,10 @@ impl TransactionalProducer {
         }
     }
 }
+
+/// How long [`TransactionalProducer::flush`] polls between two looks at librdkafka's queue: a
+/// produce round trip on one broker is about a millisecond.
+pub(super) const FLUSH_POLL_STEP: Duration = Duration::from_millis(1);
 
 /// Why a transactional call failed, and so how to recover.
 #[derive(Debug)]
