@@ -112,9 +112,9 @@ impl PartitionGroup {
         self.partitions.iter().find(|p| p.topic == topic).map_or(0, |p| p.buffer.len())
     }
 
-    /// The offset of the first unprocessed record buffered for `topic`: the partition's true
-    /// position for a commit, since the consumer's has run ahead to the end of the buffer.
-    pub fn next_offset(&self, topic: &str) -> Option<i64> {
+    /// The offset of the first unprocessed record buffered for `topic`.
+    #[cfg(test)]
+    fn next_offset(&self, topic: &str) -> Option<i64> {
         self.partitions.iter().find(|p| p.topic == topic)?.buffer.front().map(|r| r.offset)
     }
 

@@ -22,9 +22,9 @@
 //! (`next_record`; the rule and its bounded idle wait are in `partition_group.rs`). A partition
 //! whose buffer reaches `MAX_BUFFERED_RECORDS_PER_PARTITION` is paused on the consumer and
 //! resumed once it has drained to `RESUME_BUFFERED_RECORDS`. Buffered records are not consumed:
-//! a commit carries only the offsets of processed records, and a partition with a buffer but
-//! nothing processed in the transaction is fenced at its buffer's head (`next_buffered_offset`),
-//! not at the consumer's position, which has run ahead. Every abort drops the buffers (the
+//! a commit carries only the offsets of processed records, never the consumer's position, which
+//! has run ahead of the buffer (`commit.rs` fences a transaction with a committed offset). Every
+//! abort drops the buffers (the
 //! consumer is then rewound to the committed offsets and fetches them again), and so do a
 //! suspend and a close.
 
@@ -617,12 +617,6 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
     /// Whether any active task has records buffered.
     pub fn any_buffered(&self) -> bool {
         self.active.values().any(|owned| owned.inputs.buffered() > 0)
-    }
-
-    /// The offset of the first unprocessed buffered record of `topic`/`partition`: where the
-    /// partition really is for a commit (the consumer's position is past the buffer).
-    pub fn next_buffered_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.active.get(&partition)?.inputs.next_offset(topic)
     }
 
     /// Resumes the partitions paused for a full buffer whose buffer has been dropped since (an
