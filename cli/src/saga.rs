@@ -32,6 +32,35 @@ pub struct Common {
     /// Dead-letter topic for poison records.
     #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", default_value = "payments.dlq")]
     dlq_topic: String,
+    /// How often work is committed (one Kafka transaction per interval). Every hop through the
+    /// saga waits for its commit, so this is most of what the saga adds to a payment's latency.
+    #[arg(long, env = "PAYSTREAM_STREAMS_COMMIT_INTERVAL_MS", default_value_t = COMMIT_INTERVAL_MS)]
+    commit_interval_ms: u64,
+    /// Longest wait of one consumer poll: a commit that falls due while no record arrives waits
+    /// for the poll to return, so it stays well under the commit interval.
+    #[arg(long, env = "PAYSTREAM_STREAMS_POLL_TIMEOUT_MS", default_value_t = POLL_TIMEOUT_MS)]
+    poll_timeout_ms: u64,
+    /// Extra librdkafka settings for every client of the runtime, `KEY=VALUE` (repeat the flag,
+    /// or separate them with `;` in the variable), e.g. `debug=eos,protocol` to see the
+    /// transaction cycle's requests and retries.
+    #[arg(long = "kafka-set", env = "PAYSTREAM_STREAMS_KAFKA", value_delimiter = ';', value_parser = kafka_setting)]
+    kafka_set: Vec<(String, String)>,
+}
+
+/// The saga's and the timers' commit interval: a fifth of Kafka Streams' 100 ms default, which
+/// put 50 ms on average (100 ms at worst) into each of the two hops of a payment that pass
+/// through the saga (`paystream load`, README). At most 50 transactions a second per instance.
+pub const COMMIT_INTERVAL_MS: u64 = 20;
+/// The runtime's default poll timeout (50 ms) would let an idle instance's commit fall due up
+/// to 50 ms late, longer than the interval itself; a quarter of it keeps the commit on time.
+pub const POLL_TIMEOUT_MS: u64 = 5;
+
+/// One `KEY=VALUE` librdkafka setting.
+fn kafka_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.trim().to_owned())),
+        _ => Err(format!("{text:?} is not a librdkafka setting (KEY=VALUE)")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -82,6 +111,9 @@ fn config(settings: &StackSettings, application_id: &str, common: &Common) -> St
     let mut config = StreamsConfig::new(application_id, &settings.kafka_bootstrap, &common.state_dir);
     config.instance_id = common.instance_id.clone();
     config.error_policy = ErrorPolicy::DeadLetter { topic: common.dlq_topic.clone() };
+    config.commit_interval = Duration::from_millis(common.commit_interval_ms);
+    config.poll_timeout = Duration::from_millis(common.poll_timeout_ms);
+    config.kafka_overrides.extend(common.kafka_set.iter().cloned());
     config
 }
 
