@@ -47,13 +47,14 @@ pub struct Common {
     kafka_set: Vec<(String, String)>,
 }
 
-/// The saga's and the timers' commit interval: a fifth of Kafka Streams' 100 ms default, which
-/// put 50 ms on average (100 ms at worst) into each of the two hops of a payment that pass
-/// through the saga (`paystream load`, README). At most 50 transactions a second per instance.
-pub const COMMIT_INTERVAL_MS: u64 = 20;
-/// The runtime's default poll timeout (50 ms) would let an idle instance's commit fall due up
-/// to 50 ms late, longer than the interval itself; a quarter of it keeps the commit on time.
-pub const POLL_TIMEOUT_MS: u64 = 5;
+/// The saga's and the timers' commit interval: Kafka Streams' 100 ms. A record waits for the
+/// end of its interval (50 ms on average per hop through the saga, two hops per payment), but
+/// 20 ms did not make payments faster on this 2-core machine: the saga's commit hops fell by
+/// 50-80 ms while its input hops rose as much with the extra transactions' load (`paystream
+/// load`, README). Worth trying again where CPU is not the limit.
+pub const COMMIT_INTERVAL_MS: u64 = 100;
+/// The runtime's default: a commit due while no record arrives starts at most this late.
+pub const POLL_TIMEOUT_MS: u64 = 50;
 
 /// One `KEY=VALUE` librdkafka setting.
 fn kafka_setting(text: &str) -> Result<(String, String), String> {
