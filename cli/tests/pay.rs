@@ -125,5 +125,5 @@ async fn a_session_by_hand_creates_a_wallet_deposits_pays_and_follows_the_paymen
 
     let shown = run(&api, &["wallet", "show", "--user", &user]).await;
     assert_eq!(shown.trim(), format!("{wallet}  RUB  available 87.50  reserved 0.00"));
-    api.stop().await;
+    drop(api);
 }
