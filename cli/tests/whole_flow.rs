@@ -5,6 +5,10 @@
 //! wallets this test created: every payment ended once, the provider's ledger agrees with every
 //! wallet, money is conserved. Orders paid through the Kafka door (`pay.order`, each command sent
 //! twice) go the same way and are answered exactly once on `order.paid` or `order.payment_failed`.
+//! One payment is cancelled by its owner as soon as it is accepted (CANCELED if the void won,
+//! else its normal end: the audit holds either way). Last, the read side — `paystream view`, the
+//! JDBC sink, `GET /api/v1/payments/{id}` — shows every payment of both doors alike, with its
+//! final status and its owner's name from CDC.
 //!
 //! Before the payments, poison records go onto every topic a paystream process consumes
 //! (garbage bytes, an unknown schema id, valid Avro of another contract, a payment whose key
@@ -68,6 +72,11 @@ const CONSUMED: [(&str, usize); 8] = [
     (topics::PAYMENTS_RESULTS, 2),
     (topics::PAY_ORDER, 1),
 ];
+/// Budget for the read side (view → JDBC sink → query database) to show every settled payment.
+const READ_SIDE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The one payment the test's owner cancels right after paying it.
+const CANCELLED: usize = 1;
+
 /// The header that names a poison record of this test, so its dead letter can be found.
 const POISON_HEADER: &str = "it.poison";
 /// Budget for every dead letter to appear once the flow has settled.
@@ -349,6 +358,42 @@ async fn assert_orders_answered_once(
 }
 
 /// `name{labels} value` from a Prometheus text page; 0 when absent.
+/// Every `(owner, payment, user number)` is served by `GET /api/v1/payments/{id}` to its owner with
+/// the status settlement recorded (or RECONCILED, a late success refunded) and the owner's name,
+/// within [`READ_SIDE_TIMEOUT`]: the projection and its sink are part of the flow.
+async fn assert_read_side_shows(client: &Client, db: &sqlx::PgPool, shown: &[(Uuid, Uuid, usize)]) {
+    let deadline = Instant::now() + READ_SIDE_TIMEOUT;
+    for &(user, id, n) in shown {
+        let settled: String =
+            sqlx::query_scalar("SELECT result_status FROM wallet_transactions WHERE payment_id = $1")
+                .bind(id)
+                .fetch_one(db)
+                .await
+                .unwrap_or_else(|e| panic!("payment {id}'s settlement: {e}"));
+        loop {
+            let (status, body) = client
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/payments/{id}"),
+                    &token(user, false),
+                    Value::Null,
+                    None,
+                )
+                .await;
+            let view = body["status"].as_str().unwrap_or_default();
+            if status == StatusCode::OK && (view == settled || view == "RECONCILED") {
+                assert_eq!(body["user_name"], json!(format!("Flow User {n}")), "payment {id}: {body}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the read side does not show payment {id} as {settled} after {READ_SIDE_TIMEOUT:?}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 fn metric(page: &str, series: &str) -> f64 {
     page.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
@@ -435,6 +480,23 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
     let (status, replay) = client.pay(user, wallet, id, amount).await;
     assert_eq!((status, &replay), (StatusCode::OK, &answers[0].1), "a replay answers as the first time");
 
+    // The owner cancels one payment: accepted (202), already cancelled (200), or refused (409)
+    // if the charge went through first — every answer is the same problem-free JSON shape.
+    let (user, _, id, _) = payments[CANCELLED];
+    let (status, body) = client
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/payments/{id}/cancel"),
+            &token(user, false),
+            json!({}),
+            None,
+        )
+        .await;
+    assert!(
+        [StatusCode::ACCEPTED, StatusCode::OK, StatusCode::CONFLICT].contains(&status),
+        "cancelling {id}: {status} {body}"
+    );
+
     // Wait until the flow has settled every payment, watching that nothing died.
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -494,6 +556,16 @@ async fn every_payment_through_the_whole_flow_ends_once_and_money_is_conserved()
     assert_eq!(findings.results, all, "one result each");
     assert_eq!(findings.provider_checked, all, "the provider was asked about each");
     assert_orders_answered_once(&db, &codec, &orders, &order_paid, &order_failed).await;
+    // The read side shows both doors' payments alike, each as settlement ended it.
+    let mut shown: Vec<(Uuid, Uuid, usize)> =
+        payments.iter().enumerate().map(|(i, &(user, _, id, _))| (user, id, i / PAYMENTS_PER_USER)).collect();
+    shown.extend(
+        orders
+            .iter()
+            .enumerate()
+            .map(|(n, order)| (order.user_id, PayOrder::payment_id_for(&order.order_id), n)),
+    );
+    assert_read_side_shows(&client, &db, &shown).await;
     // Not a vacuous pass: both outcomes happened, and the provider's faults were exercised.
     assert!(findings.payments.get("completed").is_some_and(|&n| n > 0), "{report}");
     assert!(findings.payments.get("cancelled").is_some_and(|&n| n > 0), "{report}");
