@@ -80,18 +80,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(redact("postgres://wallet:secret@h:5432/wallet"), "postgres://wallet:***@h:5432/wallet");
-        assert_eq!(redact("postgres://h/wallet"), "postgres://h/wallet");
-        assert_eq!(redact("postgres://wallet@h/wallet"), "postgres://wallet@h/wallet");
-    }
-}
-
 // Which database errors are worth retrying: written once for settlement, the pay.order inbox
 // and the API (which answers them 503, "try again", instead of 500).
 
@@ -117,4 +105,16 @@ pub fn sqlstate_is_transient(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("postgres://wallet:secret@h:5432/wallet"), "postgres://wallet:***@h:5432/wallet");
+        assert_eq!(redact("postgres://h/wallet"), "postgres://h/wallet");
+        assert_eq!(redact("postgres://wallet@h/wallet"), "postgres://wallet@h/wallet");
+    }
 }
