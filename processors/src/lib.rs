@@ -34,6 +34,7 @@
 //!   any number of times, into one `PaymentView` (compacted `payments.view`) and its timeline
 //!   (`payments.timeline`); `paystream view rebuild` replays it from the beginning.
 
+pub mod blocking_codec;
 pub mod consumer;
 pub mod dispatcher;
 pub mod dlq;
