@@ -183,15 +183,16 @@ pub async fn remove_test_connector(db: &PgPool, connect: &ConnectClient, name: &
                 .bind(table)
                 .fetch_one(db)
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("counting replication slot {table}: {e}"));
         if dropped.is_ok() && remaining == 0 {
             break;
         }
         assert!(started.elapsed() < CONNECTOR_TIMEOUT, "slot {table} still held after deleting {name}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    sqlx::query(&format!("DROP PUBLICATION IF EXISTS {table}")).execute(db).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(db).await.unwrap();
+    for ddl in [format!("DROP PUBLICATION IF EXISTS {table}"), format!("DROP TABLE IF EXISTS {table}")] {
+        sqlx::query(&ddl).execute(db).await.unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
 }
 
 /// Where the HS256 secret of the API under test is read from (dev/lib.sh exports the local
