@@ -9,7 +9,8 @@ use paystream_stack::StackSettings;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Create or update every connector defined in DIR, then wait until each runs.
+    /// Create or update every connector defined in DIR, restart any part of it that had
+    /// FAILED, then wait until each runs.
     Apply {
         #[arg(long, default_value = "connect")]
         dir: PathBuf,
@@ -31,6 +32,10 @@ pub async fn run(settings: &StackSettings, command: Command) -> anyhow::Result<(
                 .with_context(|| format!("loading connectors from {}", dir.display()))?;
             for definition in &definitions {
                 client.apply(definition).await?;
+                if client.status(&definition.name).await.is_ok_and(|s| s.failure().is_some()) {
+                    tracing::warn!(connector = %definition.name, "FAILED before this apply: restarting its failed parts once");
+                    client.restart_failed(&definition.name).await?;
+                }
                 let status = client.wait_until_running(&definition.name, timeout).await?;
                 tracing::info!(connector = %status.name, tasks = status.tasks.len(), "running");
             }

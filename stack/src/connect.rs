@@ -182,6 +182,17 @@ impl ConnectClient {
         Ok(())
     }
 
+    /// Restarts the connector's FAILED instance and tasks
+    /// (`POST /connectors/{name}/restart?includeTasks=true&onlyFailed=true`); running ones are
+    /// left alone. Re-applying an unchanged config does not restart a task that failed on a
+    /// dependency that was away (the registry, at a restart of the stack), so `apply` callers
+    /// do this once before they wait.
+    pub async fn restart_failed(&self, name: &str) -> Result<(), ConnectError> {
+        let path = format!("/connectors/{name}/restart?includeTasks=true&onlyFailed=true");
+        self.call("POST", &path, None).await?;
+        Ok(())
+    }
+
     /// Names of all connectors.
     pub async fn list(&self) -> Result<Vec<String>, ConnectError> {
         let value = self.call("GET", "/connectors", None).await?.unwrap_or(Value::Array(vec![]));
@@ -261,8 +272,9 @@ impl ConnectClient {
             let request = match method {
                 "GET" => self.http.get(&url),
                 "PUT" => self.http.put(&url),
+                "POST" => self.http.post(&url),
                 "DELETE" => self.http.delete(&url),
-                _ => unreachable!("ConnectClient only issues GET, PUT and DELETE"),
+                _ => unreachable!("ConnectClient only issues GET, PUT, POST and DELETE"),
             };
             let request = match &body {
                 Some(json) => request.json(json),
