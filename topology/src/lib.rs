@@ -9,7 +9,8 @@
 //!   that keeps uncommitted writes out of RocksDB.
 //! - [`task`]: one partition's processors and stores; turns records into outputs and writes.
 //! - [`runtime`]: the Kafka side — consumer group, exactly-once v2 transactions, changelogs,
-//!   restoration, checkpoints, rebalances, shutdown.
+//!   restoration, checkpoints, rebalances, shutdown ([`ShutdownHandle`], also the one stop token a
+//!   process's other loops watch).
 //! - [`driver`]: `TopologyTestDriver`, the same task code with no broker, for unit tests.
 //! - [`query`]: interactive queries over this instance's stores.
 //! - [`dlq`]: dead letters for poison records (a retriable error, marked [`Retriable`], is retried
@@ -36,6 +37,6 @@ pub use processor::{
 };
 pub use query::{KeyOwner, KeyQueryMetadata, StoreQuery};
 pub use record::{Headers, OutputRecord, RawRecord, Record, RecordMetadata};
-pub use runtime::{ProcessingGuarantee, Streams, StreamsConfig, StreamsError};
+pub use runtime::{ProcessingGuarantee, ShutdownHandle, Streams, StreamsConfig, StreamsError};
 pub use store::{KeyValueStore, ReadOnlyKeyValueStore, StoreError};
 pub use topology::{StoreKind, StoreSpec, Topology, TopologyBuilder, TopologyError};

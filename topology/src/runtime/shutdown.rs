@@ -5,6 +5,11 @@
 //! thread's end every 100 ms in `run_until`, and 50 ms slices of every back-off looking at the
 //! flag. Now a stop request wakes the stream thread's waits at once (it is unparked), async code
 //! awaits the thread's end without polling, and the thread reads the request without waiting.
+//!
+//! It is also the one stop token of a whole process: the binary makes one with
+//! [`ShutdownHandle::new`], its signal handler calls [`ShutdownHandle::request`], and every loop
+//! (a `Streams` through `run_until(handle.requested())`, the processors' consumer loops, their
+//! retry back-offs) watches that same handle, so a process has one signal → shutdown path.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,8 +40,15 @@ struct Inner {
     thread: OnceLock<std::thread::Thread>,
 }
 
+impl Default for ShutdownHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ShutdownHandle {
-    pub(crate) fn new() -> Self {
+    /// A handle nothing has asked to stop yet: a process's token, or one instance's.
+    pub fn new() -> Self {
         let (lifecycle, _) = watch::channel(Lifecycle::Running);
         Self { inner: Arc::new(Inner { lifecycle, thread: OnceLock::new() }) }
     }
@@ -59,6 +71,18 @@ impl ShutdownHandle {
     /// Whether a stop was asked for (or the thread has ended).
     pub fn is_requested(&self) -> bool {
         *self.inner.lifecycle.borrow() != Lifecycle::Running
+    }
+
+    /// Completes once a stop is asked for (at once if it was already). Cancel-safe and awaitable
+    /// any number of times: every call watches the same request. The future holds a clone of the
+    /// handle, so it may be spawned or handed to a server's graceful shutdown.
+    pub fn requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let handle = self.clone();
+        async move {
+            let mut lifecycle = handle.inner.lifecycle.subscribe();
+            // The sender lives in `handle`, so the channel cannot close while this waits.
+            let _ = lifecycle.wait_for(|l| *l != Lifecycle::Running).await;
+        }
     }
 
     /// Whether the stream thread has ended.
@@ -138,6 +162,25 @@ mod tests {
         assert!(handle.is_stopped(), "the thread's end is marked when its guard drops");
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(handle.stopped());
+    }
+
+    #[test]
+    fn a_request_completes_every_wait_for_it_past_and_future() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let handle = ShutdownHandle::new();
+            let waiting = tokio::spawn(handle.requested());
+            let early = tokio::time::timeout(Duration::from_millis(20), handle.requested()).await;
+            assert!(early.is_err(), "nothing asked to stop yet");
+            handle.clone().request();
+            tokio::time::timeout(Duration::from_secs(10), waiting)
+                .await
+                .expect("the spawned wait ends with the request")
+                .unwrap();
+            handle.requested().await;
+            handle.requested().await;
+            assert!(handle.is_requested() && !handle.is_stopped());
+        });
     }
 
     #[test]
