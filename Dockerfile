@@ -24,6 +24,9 @@ COPY stack/ stack/
 COPY cli/ cli/
 COPY bench/ bench/
 COPY provider-sim/ provider-sim/
+COPY audit/ audit/
+COPY wallet/ wallet/
+COPY monitor/ monitor/
 # Embedded into the binary at compile time by sqlx::migrate!.
 COPY migrations/ migrations/
 

@@ -15,7 +15,9 @@
 //   - every bind-mounted host path and every build context/Dockerfile exists inside the repo
 //     (the directory holding the compose file);
 //   - every `depends_on: condition: service_healthy` target defines a healthcheck;
-//   - the host ports of the local stack are published: 5432, 9092, 8083, 8081.
+//   - the host ports of the local stack are published: 5432, 9092, 8083, 8081;
+//   - and compose agrees with dev/ (agree.go): ports, Kafka/Connect/registry settings, Connect's
+//     topics, connector variables, the scraped processes, traces to Jaeger, the Dockerfile.
 //
 // It prints one line per check and exits 1 if any fails, 2 if the file does not load.
 package main
@@ -89,6 +91,7 @@ func main() {
 		checkHealthyDependencies(r, project, project.Services[name])
 	}
 	checkPublishedPorts(r, project, names)
+	checkAgreement(r, repo, project)
 
 	if r.failed > 0 {
 		fmt.Printf("compose-check: %d check(s) failed\n", r.failed)
