@@ -61,6 +61,10 @@ pub fn restore_consumer<C: ConsumerContext>(
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
+        // A position the changelog no longer holds (truncated beyond it) must be an error, which
+        // wipes the store and restores it from the beginning; librdkafka's default (`latest`)
+        // would silently jump to the end, and the store would miss everything in between.
+        .set("auto.offset.reset", "error")
         // The end-of-partition event comes only with a fetch response that starts at the end, and
         // the broker holds an empty fetch for up to this long: a changelog that ends in a commit
         // marker (every one under EOS) costs that wait once per restore. librdkafka's 500 ms

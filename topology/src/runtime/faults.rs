@@ -14,6 +14,13 @@
 //! A fault is armed for one `transactional.id` and used by that producer's next commit that
 //! carries records or offsets. Nothing is armed in production: the check is one load of an
 //! atomic flag per commit.
+//!
+//! Restore faults ([`RestoreFault`]) act the same way at the restore consumer's poll, for the
+//! same reason: cutting the restore consumer's connection from outside would need a proxy the
+//! broker's metadata does not send clients around (it advertises its own address, and
+//! rust-rdkafka exposes no hook to resolve broker addresses). The error is the one librdkafka
+//! reports after such a cut; the re-fetch from the restored position, and the wipe after an
+//! offset out of range, are real.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,40 +40,98 @@ pub enum CommitFault {
     Abortable,
 }
 
-/// Whether any fault is armed at all: the fast path of every commit.
-static ANY_ARMED: AtomicBool = AtomicBool::new(false);
-/// Armed faults, by `transactional.id`, in the order they will be used.
-static ARMED: Mutex<BTreeMap<String, VecDeque<CommitFault>>> = Mutex::new(BTreeMap::new());
-
-fn armed() -> std::sync::MutexGuard<'static, BTreeMap<String, VecDeque<CommitFault>>> {
-    // The map holds plain values: a test that panicked holding the lock left it usable.
-    ARMED.lock().unwrap_or_else(|p| p.into_inner())
+/// Faults armed per client identity (a `transactional.id`), each used once, in order. One
+/// mechanism for every kind of fault: a static queue per kind.
+struct Armed<F> {
+    /// Whether any fault of this kind is armed at all: the fast path of every use.
+    any: AtomicBool,
+    /// Armed faults, by `transactional.id`, in the order they will be used.
+    by_id: Mutex<BTreeMap<String, VecDeque<F>>>,
 }
+
+impl<F: Copy> Armed<F> {
+    const fn new() -> Self {
+        Self { any: AtomicBool::new(false), by_id: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VecDeque<F>>> {
+        // The map holds plain values: a test that panicked holding the lock left it usable.
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arm(&self, id: &str, fault: F) {
+        self.lock().entry(id.to_string()).or_default().push_back(fault);
+        self.any.store(true, Ordering::SeqCst);
+    }
+
+    fn count(&self, id: &str) -> usize {
+        self.lock().get(id).map_or(0, VecDeque::len)
+    }
+
+    fn take(&self, id: &str) -> Option<F> {
+        if !self.any.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut armed = self.lock();
+        let fault = armed.get_mut(id).and_then(VecDeque::pop_front);
+        armed.retain(|_, faults| !faults.is_empty());
+        if armed.is_empty() {
+            self.any.store(false, Ordering::SeqCst);
+        }
+        fault
+    }
+}
+
+static COMMIT_FAULTS: Armed<CommitFault> = Armed::new();
+static RESTORE_FAULTS: Armed<RestoreFault> = Armed::new();
 
 /// Arms `fault` for the next commit of the producer with `transactional_id`
 /// ([`super::StreamsConfig::transactional_id`]). Faults armed for one id are used in order.
 pub fn arm_commit_fault(transactional_id: &str, fault: CommitFault) {
-    armed().entry(transactional_id.to_string()).or_default().push_back(fault);
-    ANY_ARMED.store(true, Ordering::SeqCst);
+    COMMIT_FAULTS.arm(transactional_id, fault);
 }
 
 /// Faults armed for `transactional_id` and not used yet: a test awaits zero to know its fault hit.
 pub fn armed_commit_faults(transactional_id: &str) -> usize {
-    armed().get(transactional_id).map_or(0, VecDeque::len)
+    COMMIT_FAULTS.count(transactional_id)
 }
 
 /// The fault the commit of `transactional_id` must suffer now, if any (and it is used up).
 pub(crate) fn take_commit_fault(transactional_id: &str) -> Option<CommitFault> {
-    if !ANY_ARMED.load(Ordering::SeqCst) {
-        return None;
-    }
-    let mut armed = armed();
-    let fault = armed.get_mut(transactional_id).and_then(VecDeque::pop_front);
-    armed.retain(|_, faults| !faults.is_empty());
-    if armed.is_empty() {
-        ANY_ARMED.store(false, Ordering::SeqCst);
-    }
-    fault
+    COMMIT_FAULTS.take(transactional_id)
+}
+
+/// How the restore consumer's next fetch fails, mid-restore. The error is the one librdkafka's
+/// poll reports; the records the same poll had fetched are lost with it (the fetch position is
+/// past them), so a resume that did not seek back to the restored position would skip them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreFault {
+    /// The connection to the broker broke (`BrokerTransportFailure`), as when it restarts.
+    Transport,
+    /// Every broker is away (`AllBrokersDown`).
+    AllBrokersDown,
+    /// The partition's leader moved on (`FencedLeaderEpoch`).
+    FencedLeaderEpoch,
+    /// The changelog no longer holds the restore's position (`OffsetOutOfRange`): it was
+    /// truncated beyond it.
+    OffsetOutOfRange,
+}
+
+/// Arms `fault` for a restore fetch of the instance whose producer has `transactional_id`: it
+/// strikes the first poll of the restore consumer that returns a record after this instance has
+/// applied at least one changelog record, so always in the middle of a restore.
+pub fn arm_restore_fault(transactional_id: &str, fault: RestoreFault) {
+    RESTORE_FAULTS.arm(transactional_id, fault);
+}
+
+/// Restore faults armed for `transactional_id` and not used yet.
+pub fn armed_restore_faults(transactional_id: &str) -> usize {
+    RESTORE_FAULTS.count(transactional_id)
+}
+
+/// The fault the restore fetch of `transactional_id` must suffer now, if any (and it is used up).
+pub(crate) fn take_restore_fault(transactional_id: &str) -> Option<RestoreFault> {
+    RESTORE_FAULTS.take(transactional_id)
 }
 
 #[cfg(test)]
@@ -85,5 +150,15 @@ mod tests {
         assert_eq!(take_commit_fault(id), Some(CommitFault::Abortable));
         assert_eq!(take_commit_fault(id), None);
         assert_eq!(armed_commit_faults(id), 0);
+    }
+
+    #[test]
+    fn restore_faults_are_queued_apart_from_commit_faults() {
+        let id = "restore-faults-unit-test";
+        arm_restore_fault(id, RestoreFault::Transport);
+        assert_eq!(take_commit_fault(id), None);
+        assert_eq!(armed_restore_faults(id), 1);
+        assert_eq!(take_restore_fault(id), Some(RestoreFault::Transport));
+        assert_eq!(take_restore_fault(id), None);
     }
 }

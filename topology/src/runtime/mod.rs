@@ -16,9 +16,12 @@
 //! - `shutdown.rs`: the one stop mechanism (a request, and the thread's end, on a watch channel);
 //! - `clients.rs` and `admin.rs`: the Kafka clients' settings and topic administration (and the
 //!   changelogs' configuration checks);
-//! - `faults.rs`: commit faults a failure test injects at the producer's commit.
+//! - `backoff.rs`: the one retry policy (capped exponential back-off) of every retriable error;
+//! - `faults.rs`: commit and restore faults a failure test injects at the producer's commit and
+//!   the restore consumer's poll.
 
 mod admin;
+mod backoff;
 mod clients;
 mod commit;
 pub mod faults;

@@ -46,11 +46,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::clients::{self, QuietContext};
+use super::faults::{self, RestoreFault};
 use super::StreamsConfig;
 use crate::metrics::StreamsMetrics;
 use crate::store::SharedBackend;
@@ -124,6 +125,76 @@ pub enum RestoreError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// What a restoration failure calls for. Kafka Streams' state updater retries what a broker
+/// restart or a leader move causes, and wipes a task only when its changelog no longer holds
+/// what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreClass {
+    /// The broker or the network is away for a while (transport, leader changes, fenced leader
+    /// epoch, timeouts, all brokers down, a stall): read on from the restored position after a
+    /// back-off.
+    Retriable,
+    /// The changelog was truncated beyond the restore's position (offset out of range): what the
+    /// store lacks is gone from it, so the store is wiped and restored from the beginning.
+    Corrupted,
+    /// Retrying cannot help (authorization, the changelog topic gone after start, a broken
+    /// store): the stream thread stops.
+    Fatal,
+}
+
+impl RestoreError {
+    /// What this failure calls for (see [`RestoreClass`]).
+    pub fn class(&self) -> RestoreClass {
+        match self {
+            Self::Kafka { source, .. } => classify(source),
+            // No progress, or an undecided transaction, for a whole stall timeout: the broker
+            // is slow or away; the next try starts from the restored position again.
+            Self::Stalled { .. } | Self::Unstable { .. } | Self::NoOffset { .. } => RestoreClass::Retriable,
+            // Already retried up to its deadline; a broken store is not a broker's doing.
+            Self::Unfinished { .. } | Self::Store(_) => RestoreClass::Fatal,
+        }
+    }
+}
+
+/// The class of a Kafka error met while restoring.
+pub fn classify(error: &KafkaError) -> RestoreClass {
+    use RDKafkaErrorCode as Code;
+    if let KafkaError::MessageConsumptionFatal(_) = error {
+        return RestoreClass::Fatal;
+    }
+    match error.rdkafka_error_code() {
+        Some(Code::OffsetOutOfRange | Code::AutoOffsetReset) => RestoreClass::Corrupted,
+        Some(
+            Code::BrokerTransportFailure
+            | Code::AllBrokersDown
+            | Code::Resolve
+            | Code::OperationTimedOut
+            | Code::TimedOutQueue
+            | Code::RequestTimedOut
+            | Code::NetworkException
+            | Code::BrokerNotAvailable
+            | Code::LeaderNotAvailable
+            | Code::NotLeaderForPartition
+            | Code::ReplicaNotAvailable
+            | Code::PreferredLeaderNotAvailable
+            | Code::FencedLeaderEpoch
+            | Code::UnknownLeaderEpoch
+            | Code::OffsetNotAvailable
+            | Code::KafkaStorageError
+            | Code::NotEnoughReplicas
+            | Code::CoordinatorLoadInProgress
+            | Code::CoordinatorNotAvailable
+            | Code::NotCoordinator
+            | Code::WaitingForCoordinator
+            | Code::ThrottlingQuotaExceeded
+            | Code::Retry,
+        ) => RestoreClass::Retriable,
+        // Authorization, an unknown topic or partition (the changelog was deleted after start),
+        // a bad argument, and anything not known to pass.
+        _ => RestoreClass::Fatal,
+    }
+}
+
 /// Where restoration of one store starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {
@@ -135,10 +206,13 @@ pub enum StartFrom {
 
 /// Where to start given a checkpoint and the changelog's watermarks (`high`: the high watermark,
 /// not the last stable offset); `Beginning` also when the checkpoint is beyond the changelog's
-/// end (the topic was recreated: the local state is foreign).
+/// end (the topic was recreated: the local state is foreign), and when it is below the
+/// changelog's start (records after the checkpoint were deleted: starting at the low watermark
+/// would keep keys the changelog no longer has and miss what the deleted records changed;
+/// Kafka Streams' offset out of range, which wipes the task).
 pub fn start_from(checkpoint: Option<i64>, low: i64, high: i64) -> StartFrom {
     match checkpoint {
-        Some(offset) if offset <= high => StartFrom::Checkpoint(offset.max(low)),
+        Some(offset) if (low..=high).contains(&offset) => StartFrom::Checkpoint(offset),
         _ => StartFrom::Beginning,
     }
 }
@@ -205,6 +279,8 @@ pub struct ChangelogReader {
     watermark_client: BaseConsumer<QuietContext>,
     metrics: StreamsMetrics,
     restorations: BTreeMap<ChangelogPartition, Restoration>,
+    /// This instance's `transactional.id`: the name its injected restore faults are armed under.
+    fault_id: String,
 }
 
 impl ChangelogReader {
@@ -215,6 +291,7 @@ impl ChangelogReader {
             watermark_client: clients::watermark_client(config, QuietContext)?,
             metrics,
             restorations: BTreeMap::new(),
+            fault_id: config.transactional_id(),
         })
     }
 
@@ -318,7 +395,9 @@ impl ChangelogReader {
         if !self.restorations.values().any(|r| r.phase == Phase::Reading) {
             return Ok(outcome);
         }
-        let Self { consumer, restorations, metrics, .. } = self;
+        // Whether an armed restore fault may strike in this step: only once records were applied.
+        let mid_restore = restorations_applied(&self.restorations);
+        let Self { consumer, restorations, metrics, fault_id, .. } = self;
         // The batch holds librdkafka's messages themselves (no copy of keys and values): RocksDB's
         // write batch copies them once, straight from the fetch buffers.
         let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(RESTORE_RECORDS_PER_TURN.min(1024));
@@ -326,7 +405,17 @@ impl ChangelogReader {
         let mut timeout = wait;
         while batch.len() < RESTORE_RECORDS_PER_TURN {
             match consumer.poll(timeout) {
-                Some(Ok(message)) => batch.push(message),
+                Some(Ok(message)) => {
+                    if let Some(error) = mid_restore.then(|| injected(fault_id)).flatten() {
+                        // As after a real cut: this poll's records are lost with the error.
+                        let changelog = ChangelogPartition {
+                            topic: message.topic().to_string(),
+                            partition: message.partition(),
+                        };
+                        return Err(kafka(&changelog, error));
+                    }
+                    batch.push(message)
+                }
                 Some(Err(KafkaError::PartitionEOF(partition))) => ended.push(partition),
                 Some(Err(error)) => {
                     let (changelog, _) =
@@ -478,6 +567,45 @@ impl ChangelogReader {
         Ok(())
     }
 
+    /// A retriable error broke off reading: every changelog partition being read is taken off
+    /// the restore consumer and queued again at its restored position, the next offset after
+    /// the last record applied. Records fetched past it and not applied (the failed poll's) are
+    /// fetched again; none is applied twice, none skipped. The stall clocks of every unfinished
+    /// restoration start over (a stall is one of the retriable errors).
+    pub fn interrupt_reading(&mut self) {
+        let reading: Vec<ChangelogPartition> = self
+            .restorations
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Reading)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for changelog in &reading {
+            if self.is_assigned(changelog) {
+                if let Err(error) = self.unassign(changelog) {
+                    tracing::debug!(%error, topic = %changelog.topic, partition = changelog.partition,
+                        "unassigning an interrupted restore");
+                }
+            }
+            let r = self.restorations.get_mut(changelog).expect("listed just above");
+            r.phase = Phase::Queued;
+            r.last_progress = Instant::now();
+            tracing::info!(topic = %changelog.topic, partition = changelog.partition, at = r.position,
+                end = r.end, "restore interrupted; resumes from here");
+        }
+        for r in self.restorations.values_mut().filter(|r| r.phase == Phase::Stabilizing) {
+            r.last_progress = Instant::now();
+        }
+    }
+
+    /// The partitions (task numbers) of the changelogs being read.
+    pub fn reading_partitions(&self) -> Vec<i32> {
+        self.restorations
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Reading)
+            .map(|(c, _)| c.partition)
+            .collect()
+    }
+
     fn is_assigned(&self, changelog: &ChangelogPartition) -> bool {
         self.consumer
             .assignment()
@@ -526,6 +654,23 @@ fn end_offsets<C: rdkafka::consumer::ConsumerContext>(
     Ok(offsets)
 }
 
+/// Whether some changelog partition being read has had records applied.
+fn restorations_applied(restorations: &BTreeMap<ChangelogPartition, Restoration>) -> bool {
+    restorations.values().any(|r| r.phase == Phase::Reading && r.records > 0)
+}
+
+/// The error of an armed restore fault (see [`faults::arm_restore_fault`]), if one is due.
+fn injected(fault_id: &str) -> Option<KafkaError> {
+    let code = match faults::take_restore_fault(fault_id)? {
+        RestoreFault::Transport => RDKafkaErrorCode::BrokerTransportFailure,
+        RestoreFault::AllBrokersDown => RDKafkaErrorCode::AllBrokersDown,
+        RestoreFault::FencedLeaderEpoch => RDKafkaErrorCode::FencedLeaderEpoch,
+        RestoreFault::OffsetOutOfRange => RDKafkaErrorCode::OffsetOutOfRange,
+    };
+    tracing::warn!(?code, "injected restore fault");
+    Some(KafkaError::MessageConsumption(code))
+}
+
 fn kafka(changelog: &ChangelogPartition, source: KafkaError) -> RestoreError {
     RestoreError::Kafka { topic: changelog.topic.clone(), partition: changelog.partition, source }
 }
@@ -539,7 +684,53 @@ mod tests {
         assert_eq!(start_from(None, 0, 10), StartFrom::Beginning);
         assert_eq!(start_from(Some(4), 0, 10), StartFrom::Checkpoint(4));
         assert_eq!(start_from(Some(10), 0, 10), StartFrom::Checkpoint(10));
-        assert_eq!(start_from(Some(2), 5, 10), StartFrom::Checkpoint(5));
+        assert_eq!(
+            start_from(Some(2), 5, 10),
+            StartFrom::Beginning,
+            "records after the checkpoint were deleted: rebuild"
+        );
+        assert_eq!(start_from(Some(5), 5, 10), StartFrom::Checkpoint(5));
         assert_eq!(start_from(Some(11), 0, 10), StartFrom::Beginning, "a checkpoint past the end is foreign");
+    }
+
+    fn changelog_error(source: KafkaError) -> RestoreError {
+        RestoreError::Kafka { topic: "app-counts-changelog".into(), partition: 0, source }
+    }
+
+    #[test]
+    fn restore_errors_are_classified_as_kafka_streams_state_updater_does() {
+        use RDKafkaErrorCode as Code;
+        let retriable = [
+            KafkaError::MessageConsumption(Code::BrokerTransportFailure),
+            KafkaError::MessageConsumption(Code::AllBrokersDown),
+            KafkaError::MessageConsumption(Code::FencedLeaderEpoch),
+            KafkaError::MessageConsumption(Code::NotLeaderForPartition),
+            KafkaError::MessageConsumption(Code::LeaderNotAvailable),
+            KafkaError::OffsetFetch(Code::OperationTimedOut),
+            KafkaError::OffsetFetch(Code::RequestTimedOut),
+            KafkaError::MetadataFetch(Code::BrokerTransportFailure),
+        ];
+        for error in retriable {
+            assert_eq!(changelog_error(error).class(), RestoreClass::Retriable);
+        }
+        for error in [
+            KafkaError::MessageConsumption(Code::OffsetOutOfRange),
+            KafkaError::MessageConsumption(Code::AutoOffsetReset),
+        ] {
+            assert_eq!(changelog_error(error).class(), RestoreClass::Corrupted, "truncated: wipe");
+        }
+        let fatal = [
+            KafkaError::MessageConsumption(Code::TopicAuthorizationFailed),
+            KafkaError::MessageConsumption(Code::UnknownTopicOrPartition),
+            KafkaError::OffsetFetch(Code::UnknownTopicOrPartition),
+            KafkaError::MessageConsumptionFatal(Code::BrokerTransportFailure),
+            KafkaError::Subscription("assign failed".into()),
+        ];
+        for error in fatal {
+            assert_eq!(changelog_error(error).class(), RestoreClass::Fatal);
+        }
+        let stalled = RestoreError::Stalled { topic: "t".into(), partition: 0, offset: 4 };
+        assert_eq!(stalled.class(), RestoreClass::Retriable, "a stall is a timeout");
+        assert_eq!(RestoreError::Unfinished { tasks: 1 }.class(), RestoreClass::Fatal);
     }
 }

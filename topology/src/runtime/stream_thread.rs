@@ -9,9 +9,16 @@
 //! A retriable error of a task (a dependency away: `TaskError::Retriable`) takes the same road as
 //! an abortable commit failure, never the dead-letter one: the transaction is aborted, every task
 //! drops its uncommitted work, the consumer seeks back to the committed offsets, and after a
-//! capped exponential back-off (`RETRY_BACKOFF_INITIAL` doubling to `RETRY_BACKOFF_MAX`) the same
-//! record is read again. The back-off starts over once processing gets past the record (or
-//! punctuation) that failed.
+//! capped exponential back-off (`backoff.rs`: 100 ms doubling to 5 s) the same record is read
+//! again. The back-off starts over once processing gets past the record (or punctuation) that
+//! failed.
+//!
+//! A retriable error of restoration (a broker restarting, a leader moving: see
+//! `RestoreError::class`) uses the same policy with its own [`Backoff`], without sleeping: the
+//! restoring changelogs are put back to their restored positions, restoration sits out its
+//! pause while the active tasks go on, and then reads on from there. A changelog truncated
+//! beyond a restore's position (offset out of range) wipes the task's stores and restores them
+//! from the beginning. Only a fatal one (authorization, a topic gone) stops the thread.
 //!
 //! Polled records are not processed as they come: each goes to its task's buffer for its input
 //! partition, and each turn every active task processes its next record by the lowest timestamp
@@ -33,10 +40,11 @@ use rdkafka::producer::Producer as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 
+use super::backoff::Backoff;
 use super::clients;
 use super::commit::rewind;
 use super::producer::{TransactionFailure, TransactionalProducer};
-use super::restore::ChangelogReader;
+use super::restore::{ChangelogReader, RestoreClass};
 use super::shutdown::{ShutdownHandle, StoppedOnDrop};
 use super::task_manager::TaskManager;
 use super::{StreamsConfig, StreamsError, StreamsState};
@@ -53,13 +61,6 @@ const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(30);
 const SENDS_PER_POLL: usize = 256;
 /// How often store sizes are sampled for the gauge.
 const STORE_SIZE_INTERVAL: Duration = Duration::from_secs(10);
-/// First pause after a retriable error before the same record is read again: a registry blip
-/// is usually over in a moment.
-const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest pause between two retries; the doubling stops here. The consumer is not polled while
-/// it lasts, so it stays far below `max.poll.interval.ms` (5 minutes); heartbeats go on in
-/// librdkafka's background thread, so the group keeps this member.
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest wait of the main consumer's poll while tasks restore and the last turn found no
 /// changelog records: short, because the turn's real waiting is for the restore consumer.
 const RESTORE_IDLE_POLL: Duration = Duration::from_millis(5);
@@ -164,7 +165,9 @@ where
         rejoin: None,
         retry: None,
         retry_point: None,
-        retry_backoff: RETRY_BACKOFF_INITIAL,
+        retry_backoff: Backoff::default(),
+        restore_backoff: Backoff::default(),
+        restore_paused_until: None,
         sends_since_poll: 0,
         fence: super::commit::FenceOffset::default(),
         progressed: false,
@@ -311,9 +314,13 @@ pub(super) struct StreamThread<K, V> {
     retry: Option<(TaskError, RetryPoint)>,
     /// Where the last retriable error struck, until processing gets past it.
     retry_point: Option<RetryPoint>,
-    /// The pause before the next retry: doubles with each retriable error up to
-    /// `RETRY_BACKOFF_MAX`, back to `RETRY_BACKOFF_INITIAL` once past `retry_point`.
-    retry_backoff: Duration,
+    /// The pause before the next retry, started over once past `retry_point`.
+    retry_backoff: Backoff,
+    /// The pause before restoration is tried again after a retriable error, started over once a
+    /// restoration turn gets through.
+    restore_backoff: Backoff,
+    /// Restoration sits out a back-off until then (the loop goes on processing meanwhile).
+    restore_paused_until: Option<Instant>,
     /// Records sent since the producer was last polled.
     sends_since_poll: usize,
     /// An input offset known to be committed, which fences a punctuation-only transaction.
@@ -419,7 +426,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
     fn retried_past(&mut self) {
         tracing::info!(point = ?self.retry_point, "past the retriable error; going on");
         self.retry_point = None;
-        self.retry_backoff = RETRY_BACKOFF_INITIAL;
+        self.retry_backoff.reset();
     }
 
     /// A retriable error: abort the transaction, drop every task's uncommitted work, rewind to
@@ -432,8 +439,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
         point: RetryPoint,
         shutdown: &ShutdownHandle,
     ) -> Result<(), StreamsError> {
-        let delay = self.retry_backoff;
-        self.retry_backoff = (delay * 2).min(RETRY_BACKOFF_MAX);
+        let delay = self.retry_backoff.next_delay();
         self.retry_point = Some(point);
         tracing::warn!(%error, backoff_ms = delay.as_millis() as u64,
             "retriable error: aborting the transaction, rewinding and retrying the same record");
@@ -584,8 +590,19 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
         if !self.tasks.any_restoring() || (!idle && self.last_restore_turn.elapsed() < RESTORE_TURN_SPACING) {
             return Ok(());
         }
+        if self.restore_paused_until.is_some_and(|until| Instant::now() < until) {
+            return Ok(());
+        }
+        self.restore_paused_until = None;
         self.last_restore_turn = Instant::now();
-        let turn = self.tasks.restore_turn(consumer)?;
+        let turn = match self.tasks.restore_turn(consumer) {
+            Ok(turn) => turn,
+            Err(StreamsError::Restore(error)) => return self.restore_failed(error),
+            Err(error) => return Err(error),
+        };
+        if turn.records > 0 || turn.activated > 0 {
+            self.restore_backoff.reset();
+        }
         if self.tasks.any_restoring() {
             self.restore_busy = Some(turn.records > 0);
         } else {
@@ -593,6 +610,36 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
             set_state(&self.state, StreamsState::Running);
         }
         Ok(())
+    }
+}
+
+impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
+    /// A restoration turn failed. Retriable (see [`RestoreClass`]): the restoring changelogs go
+    /// back to their restored positions, to be read on from there (nothing applied twice,
+    /// nothing skipped) after a back-off, during which the active tasks go on. Corrupted (a
+    /// changelog truncated beyond the position): the tasks reading are wiped and restored from
+    /// the beginning. Fatal: the thread stops.
+    fn restore_failed(&mut self, error: super::restore::RestoreError) -> Result<(), StreamsError> {
+        match error.class() {
+            RestoreClass::Retriable => {
+                let delay = self.restore_backoff.next_delay();
+                self.metrics.retriable_errors.with_label_values(&["restore"]).inc();
+                tracing::warn!(%error, backoff_ms = delay.as_millis() as u64,
+                    "retriable restore error: resuming from the restored positions after a back-off");
+                self.tasks.restore_interrupted();
+                self.restore_paused_until = Some(Instant::now() + delay);
+                self.restore_busy = Some(false);
+                Ok(())
+            }
+            RestoreClass::Corrupted => {
+                self.metrics.retriable_errors.with_label_values(&["restore"]).inc();
+                tracing::warn!(%error, "changelog truncated beyond the restore position: wiping and restoring from the beginning");
+                self.tasks.restore_corrupted()?;
+                self.restore_busy = Some(false);
+                Ok(())
+            }
+            RestoreClass::Fatal => Err(error.into()),
+        }
     }
 }
 

@@ -38,9 +38,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::admin::{self, ChangelogRetention};
+use super::backoff::Backoff;
 use super::clients::RESTORE_FETCH_WAIT;
 use super::partition_group::{Caught, PartitionGroup, RESUME_BUFFERED_RECORDS};
-use super::restore::{self, ChangelogPartition, ChangelogReader, Phase, StartFrom, RESTORE_STALL_TIMEOUT};
+use super::restore::{
+    self, ChangelogPartition, ChangelogReader, Phase, RestoreClass, StartFrom, RESTORE_STALL_TIMEOUT,
+};
 use super::state_directory::{self, Offsets};
 use super::stream_thread::now_ms;
 use super::{StreamsConfig, StreamsError};
@@ -286,6 +289,42 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
         Ok(turn)
     }
 
+    /// A retriable error broke off restoration: the changelogs being read go back to their
+    /// restored positions, to be read on from there at the next turn (see
+    /// [`ChangelogReader::interrupt_reading`]). Pending tasks stay pending.
+    pub fn restore_interrupted(&mut self) {
+        self.reader.interrupt_reading();
+    }
+
+    /// A changelog being read no longer holds the restore's position (offset out of range: it
+    /// was truncated beyond it), so its store cannot be completed from there. The poll's error
+    /// does not say which changelog, so every task reading one is closed without a checkpoint
+    /// and opened again: its persistent stores are wiped and restored from the beginning (Kafka
+    /// Streams' corrupted task). Its input partitions stay paused throughout.
+    pub fn restore_corrupted(&mut self) -> Result<(), StreamsError> {
+        let mut corrupted = self.reader.reading_partitions();
+        corrupted.sort_unstable();
+        corrupted.dedup();
+        for partition in corrupted {
+            let Some(mut restoring) = self.restoring.remove(&partition) else { continue };
+            for (changelog, _) in std::mem::take(&mut restoring.changelogs) {
+                if let Err(error) = self.reader.abandon(&changelog) {
+                    tracing::debug!(%error, partition, "giving up a corrupted restore");
+                }
+            }
+            // Its stores are closed here (the reader's and the task's handles are gone), so
+            // `open` may wipe and reopen them.
+            drop(restoring);
+            let dir = state_directory::task_dir(&self.config.app_dir(), partition);
+            state_directory::remove_checkpoint(&dir)
+                .map_err(|source| StreamsError::StateDir { path: dir.clone(), source })?;
+            self.pending.insert(partition);
+            tracing::warn!(partition, "task corrupted: its stores are rebuilt from their changelogs");
+        }
+        self.reader.interrupt_reading();
+        Ok(())
+    }
+
     /// Opens every pending task (one watermark lookup for all their changelogs).
     fn open_pending(&mut self) -> Result<(), StreamsError> {
         if self.pending.is_empty() {
@@ -410,8 +449,30 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> TaskManager<K, V> {
     }
 
     /// Restores until no task is restoring, or fails at `deadline`: for callers that have nothing
-    /// else to do meanwhile.
+    /// else to do meanwhile. A retriable or corrupted restore is handled as in the loop (read on
+    /// from the restored position, or rebuild), after the same back-off, until the deadline.
     fn restore_until_done(&mut self, deadline: Instant) -> Result<(), StreamsError> {
+        let mut backoff = Backoff::default();
+        loop {
+            let error = match self.try_restore_until_done(deadline) {
+                Err(StreamsError::Restore(error)) => error,
+                done => return done,
+            };
+            let now = Instant::now();
+            match error.class() {
+                RestoreClass::Fatal => return Err(error.into()),
+                _ if now >= deadline => return Err(error.into()),
+                RestoreClass::Retriable => self.restore_interrupted(),
+                RestoreClass::Corrupted => self.restore_corrupted()?,
+            }
+            let delay = backoff.next_delay().min(deadline - now);
+            self.metrics.retriable_errors.with_label_values(&["restore"]).inc();
+            tracing::warn!(%error, backoff_ms = delay.as_millis() as u64, "restore error; retrying");
+            std::thread::sleep(delay);
+        }
+    }
+
+    fn try_restore_until_done(&mut self, deadline: Instant) -> Result<(), StreamsError> {
         self.open_pending()?;
         self.reader.run_until_done(deadline, RESTORE_FETCH_WAIT)?;
         self.activate_complete()?;
