@@ -583,6 +583,47 @@ fn timers_fire_once_when_due_and_not_before() {
     assert_eq!(driver.read_all(topics::PAYMENTS_TIMERS).len(), 1, "the timer survived the restart");
 }
 
+/// One payment, one trace: the due index keeps the scheduling's `traceparent` (without export,
+/// the record's own, passed on unchanged) and the `TimerFired` carries it, through a restart from
+/// the changelog too; a timer scheduled without one fires without one.
+#[test]
+fn a_fired_timer_carries_the_trace_context_of_its_scheduling() {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let topology = timers::topology(AvroDatumCodec, topics::PAYMENTS_TIMERS).unwrap();
+    let mut driver = TopologyTestDriver::new(topology, "paystream-timers", ErrorPolicy::Fail, T0_MS).unwrap();
+    let (traced, untraced) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, headers) in [(traced, vec![("traceparent".to_owned(), TRACEPARENT.as_bytes().to_vec())]), (untraced, vec![])]
+    {
+        let scheduled = SagaEvent::Timer(TimerEvent {
+            timer_id: Uuid::new_v4(),
+            payment_id: id,
+            kind: TimerKind::PaymentTimeout,
+            due_at: at(T0_MS + 10_000),
+            change: TimerChange::Scheduled { scheduled_at: at(T0_MS) },
+        });
+        let bytes = AvroDatumCodec.encode(&scheduled).unwrap();
+        driver
+            .pipe_with_headers(topics::PAYMENTS_TIMERS, Some(id.to_string().as_bytes()), Some(&bytes), T0_MS, headers)
+            .unwrap();
+    }
+    driver.restart_from_changelogs().unwrap();
+    driver.advance_wall_clock(Duration::from_secs(11)).unwrap();
+    let fired = driver.read_all(topics::PAYMENTS_TIMERS);
+    assert_eq!(fired.len(), 2, "both timers fired");
+    for record in fired {
+        let SagaEvent::Timer(timer) = decode(topics::PAYMENTS_TIMERS, record.value.as_deref().unwrap()) else {
+            panic!("not a timer")
+        };
+        assert!(matches!(timer.change, TimerChange::Fired { .. }), "{timer:?}");
+        let header = record.headers.iter().find(|(name, _)| name == "traceparent").map(|(_, v)| v.as_slice());
+        if timer.payment_id == traced {
+            assert_eq!(header, Some(TRACEPARENT.as_bytes()), "the fired timer continues its scheduling's trace");
+        } else {
+            assert_eq!(header, None, "a timer scheduled without a context fires without one");
+        }
+    }
+}
+
 /// Issue 16: a cancel while NEW voids the key; a confirmed void ends the payment CANCELED with
 /// its one result, and the charge that reaches the provider afterwards (refused for good: 410,
 /// REJECTED) and the timer change nothing. The same cancel again is a duplicate.
