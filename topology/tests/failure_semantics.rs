@@ -17,11 +17,13 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{counting, to_bytes, utf8};
+use common::{counting, fill_changelog, to_bytes, utf8};
 use paystream_stack::kafka::{idempotent_producer, TopicSpec};
 use paystream_stack::settings::StackSettings;
 use paystream_stack::testkit::{self, consume_until, unique, Received};
-use paystream_topology::runtime::faults::{arm_commit_fault, armed_commit_faults, CommitFault};
+use paystream_topology::runtime::faults::{
+    arm_commit_fault, arm_restore_fault, armed_commit_faults, armed_restore_faults, CommitFault, RestoreFault,
+};
 use paystream_topology::runtime::StreamsState;
 use paystream_topology::store::rocks::RocksBackend;
 use paystream_topology::store::{StoreBackend, UNLIMITED};
@@ -365,6 +367,112 @@ async fn a_commit_failing_during_a_revoke_closes_the_tasks_and_restores_those_th
     assert_counts(&[&b], &expected);
     b.close().unwrap();
     app.cleanup(&["counts"]).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore faults: a broker away mid-restore, a changelog truncated beyond the restore.
+
+/// Changelog records the restore-fault tests write: several restore turns' worth
+/// (`RESTORE_RECORDS_PER_TURN` is 10,000), so each fault strikes a restore in the middle.
+const RESTORED_RECORDS: usize = 50_000;
+
+/// A one-partition app whose changelog holds [`RESTORED_RECORDS`] records (keys `big<i>`, each
+/// once) and whose input holds 5 keys × 2, started on an empty state directory with `faults`
+/// armed for its restore: the instance must restore the whole changelog, meeting the faults on
+/// the way, then count the input. Returns what the test checks: the instance, the app, the
+/// outputs, and what they should count.
+async fn restore_through(
+    prefix: &str,
+    faults: &[RestoreFault],
+) -> (Streams, App, tempfile::TempDir, Vec<Received>, BTreeMap<String, u64>) {
+    let app = App::new(prefix, 1).await;
+    // A first run creates the changelog (with the configuration the runtime checks).
+    let first = tempfile::tempdir().unwrap();
+    let streams = Streams::start(counting(&app.input, &app.output), app.config(first.path(), "a")).unwrap();
+    wait_running(&streams);
+    streams.close().unwrap();
+    fill_changelog(&app.settings, &app.changelog("counts"), 0, RESTORED_RECORDS);
+    let mut expected = BTreeMap::new();
+    feed(&app, 5, 2, &mut expected);
+
+    let state = tempfile::tempdir().unwrap();
+    let config = app.config(state.path(), "a");
+    let transactional_id = config.transactional_id();
+    for fault in faults {
+        arm_restore_fault(&transactional_id, *fault);
+    }
+    let streams = Streams::start(counting(&app.input, &app.output), config).unwrap();
+    wait_running(&streams);
+    assert_eq!(armed_restore_faults(&transactional_id), 0, "every fault struck the restore");
+    let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
+    let seen = consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(10));
+    (streams, app, state, seen, expected)
+}
+
+/// The restore consumer loses its broker three times in the middle of a restore (a transport
+/// failure, all brokers down, a fenced leader epoch: what a broker restart gives), each time with
+/// the records of the failed fetch lost. The thread keeps running: it backs off, goes back to
+/// each store's restored position and reads on from there. Exactly the changelog's records are
+/// applied, each once (a resume from the consumer's fetch position would skip the lost fetch's
+/// records; one from the checkpoint would apply records twice), the store equals the changelog,
+/// and the input is then counted exactly once. Before, the first error stopped the thread.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_cut_by_broker_errors_reads_on_from_its_position_and_the_thread_keeps_running() {
+    let faults = [RestoreFault::Transport, RestoreFault::AllBrokersDown, RestoreFault::FencedLeaderEpoch];
+    let (streams, app, _state, seen, expected) = restore_through("restorecut", &faults).await;
+    let metrics = streams.metrics();
+    assert_eq!(
+        metrics.retriable_errors.with_label_values(&["restore"]).get(),
+        faults.len() as u64,
+        "each fault was retried"
+    );
+    assert_eq!(
+        metrics.restore_records.with_label_values(&["counts"]).get(),
+        RESTORED_RECORDS as u64,
+        "every changelog record applied exactly once across the interruptions"
+    );
+    assert_eq!(streams.state(), StreamsState::Running, "the stream thread kept running");
+    assert_exactly_once(&seen, &expected);
+    assert_store_equals_changelog(&app, &[&streams], "counts");
+    let held = store_state(&[&streams], "counts");
+    assert_eq!(held.len(), RESTORED_RECORDS + expected.len(), "the restored keys and the counted ones");
+    assert_counts_of(&held, &expected);
+    streams.close().unwrap();
+    app.cleanup(&["counts"]).await;
+}
+
+/// The changelog no longer holds the restore's position (offset out of range: truncated beyond
+/// it) in the middle of a restore: the task's store is wiped and restored from the changelog's
+/// beginning, so what was applied before is applied again from a clean store (more records
+/// applied than the changelog holds), the store equals the changelog, and the thread goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changelog_out_of_range_mid_restore_wipes_the_store_and_restores_it_from_the_beginning() {
+    let (streams, app, _state, seen, expected) =
+        restore_through("restoreoor", &[RestoreFault::OffsetOutOfRange]).await;
+    let restored = streams.metrics().restore_records.with_label_values(&["counts"]).get();
+    assert!(
+        restored > RESTORED_RECORDS as u64,
+        "restored again from the beginning after the wipe ({restored} records applied)"
+    );
+    assert_eq!(streams.state(), StreamsState::Running, "the stream thread kept running");
+    assert_exactly_once(&seen, &expected);
+    assert_store_equals_changelog(&app, &[&streams], "counts");
+    assert_counts_of(&store_state(&[&streams], "counts"), &expected);
+    streams.close().unwrap();
+    app.cleanup(&["counts"]).await;
+}
+
+/// The counted keys of `held` (a store's content) equal `expected`; the changelog's `big<i>`
+/// keys the restore tests planted are left out.
+fn assert_counts_of(held: &BTreeMap<Vec<u8>, Vec<u8>>, expected: &BTreeMap<String, u64>) {
+    let counts: BTreeMap<String, u64> = held
+        .iter()
+        .filter(|(k, _)| !k.starts_with(b"big"))
+        .map(|(k, v)| {
+            (String::from_utf8(k.clone()).unwrap(), String::from_utf8(v.clone()).unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(&counts, expected, "each key's count in the store is the number of records sent");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{counting, ticking, POISON};
+use common::{counting, fill_changelog, ticking, POISON};
 use paystream_stack::kafka::{idempotent_producer, TopicSpec};
 use paystream_stack::settings::StackSettings;
 use paystream_stack::testkit::{self, consume_until, unique, Received};
@@ -665,36 +665,6 @@ async fn a_retriable_deserializer_error_is_retried_until_it_succeeds_and_nothing
 /// Changelog records the large-restore test writes: enough that restoring them takes far longer
 /// than processing a few records of another task and committing them.
 const LARGE_CHANGELOG_RECORDS: usize = 1_000_000;
-
-/// Writes `count` records straight to partition `partition` of `topic` (a changelog, as a
-/// previous owner would have left it).
-fn fill_changelog(settings: &StackSettings, topic: &str, partition: i32, count: usize) {
-    let producer: BaseProducer = idempotent_producer(&settings.kafka_bootstrap)
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer");
-    for i in 0..count {
-        let key = format!("big{i}");
-        let mut record = BaseRecord::to(topic).partition(partition).key(&key).payload("1");
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => panic!("filling the changelog: {error}"),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("flushing the changelog records");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_restoring_a_large_changelog_does_not_hold_back_another_tasks_input() {

@@ -1,9 +1,13 @@
-//! Topologies shared by the driver tests and the runtime tests.
+//! Topologies and the real-broker harness shared by the driver tests and the runtime tests.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use paystream_stack::kafka::idempotent_producer;
+use paystream_stack::settings::StackSettings;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use paystream_topology::topology::Serialized;
 use paystream_topology::{
@@ -168,4 +172,37 @@ pub fn flaky_counting(input: &str, output: &str, flaky: Flaky) -> Topology<Strin
         .add_state_store(StoreSpec::persistent("counts"), &["count"])
         .add_sink("out", output, to_bytes, &["count"]);
     builder.build().expect("valid topology")
+}
+
+/// How long filling a changelog may take to be acknowledged.
+const FILL_FLUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Writes `count` records `big<i>` → `1` straight to partition `partition` of `topic` (a
+/// changelog, as a previous owner would have left it).
+pub fn fill_changelog(settings: &StackSettings, topic: &str, partition: i32, count: usize) {
+    let producer: BaseProducer = idempotent_producer(&settings.kafka_bootstrap)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    for i in 0..count {
+        let key = format!("big{i}");
+        let mut record = BaseRecord::to(topic).partition(partition).key(&key).payload("1");
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => panic!("filling the changelog: {error}"),
+            }
+        }
+    }
+    producer.flush(FILL_FLUSH_TIMEOUT).expect("flushing the changelog records");
 }
