@@ -194,7 +194,7 @@ fn fired(id: Uuid, kind: TimerKind) -> SagaEvent {
 
 #[test]
 fn happy_path_issues_a_charge_and_a_timer_and_ends_in_one_completed_result() {
-    let (mut driver, _) = saga();
+    let (mut driver, metrics) = saga();
     let (id, wallet) = (Uuid::new_v4(), Uuid::new_v4());
     pipe(&mut driver, id, initiated(id, wallet));
     let commands = driver.read_all(topics::PAYMENTS_PROVIDER_COMMANDS);
@@ -221,6 +221,11 @@ fn happy_path_issues_a_charge_and_a_timer_and_ends_in_one_completed_result() {
     assert_eq!(done[0].status, PaymentResultStatus::Completed);
     assert_eq!(done[0].payment_result_id, PaymentResult::id_for(id, PaymentResultStatus::Completed));
     assert_eq!((done[0].wallet_id, done[0].amount.minor()), (wallet, 12_345));
+    // POST→result: from PaymentInitiated's initiatedAt to the result's decision, once.
+    let latency = metrics.result_latency.with_label_values(&["COMPLETED"]);
+    assert_eq!(latency.get_sample_count(), 1, "the result's latency is observed once");
+    let decided_after_ms = done[0].decided_at.timestamp_millis() - T0_MS;
+    assert_eq!((latency.get_sample_sum() * 1_000.0).round() as i64, decided_after_ms, "initiatedAt → decidedAt");
 }
 
 #[test]

@@ -30,7 +30,7 @@ use paystream_topology::{
     BoxError, ProcessError, Processor, ProcessorContext, RawRecord, Record, StoreSpec, Topology,
     TopologyError,
 };
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -253,7 +253,18 @@ pub struct SagaMetrics {
     pub reconciliations: IntCounterVec,
     /// Refunds of late charges answered, by result (refunded, not_charged).
     pub refunds: IntCounterVec,
+    /// POST→result: from the payment's acceptance (`PaymentInitiated.initiatedAt`, the API's
+    /// or the inbox's commit) to its result's decision, by status. Payments initiated before
+    /// their acceptance time was kept in the saga's store are not observed.
+    pub result_latency: HistogramVec,
 }
+
+/// Buckets of POST→result, in seconds: a charged payment is decided in about a second (the
+/// provider's verdict delay), a timed-out one after its payment timeout (25 s to 60 s as
+/// configured here) plus verification, a verification retried with back-off in minutes. The
+/// lag exporter's POST→settled buckets (`paystream_payment_settle_latency_seconds`) are the same,
+/// so the two can be read side by side.
+pub const RESULT_LATENCY_BUCKETS_S: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
 impl SagaMetrics {
     /// Metrics registered in `registry`.
@@ -295,7 +306,16 @@ impl SagaMetrics {
         registry.register(Box::new(provider_requests.clone()))?;
         registry.register(Box::new(verification_overdue.clone()))?;
         registry.register(Box::new(reconciliations.clone()))?;
+        let result_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "paystream_payment_result_latency_seconds",
+                "From the payment's acceptance (POST or pay.order) to its result, by status",
+            )
+            .buckets(RESULT_LATENCY_BUCKETS_S.to_vec()),
+            &["status"],
+        )?;
         registry.register(Box::new(refunds.clone()))?;
+        registry.register(Box::new(result_latency.clone()))?;
         for request in ["status", "void", "refund"] {
             provider_requests.with_label_values(&[request]);
         }
@@ -311,6 +331,7 @@ impl SagaMetrics {
             verification_overdue,
             reconciliations,
             refunds,
+            result_latency,
         })
     }
 }
@@ -355,6 +376,10 @@ struct Payment {
     amount_minor: i64,
     currency: String,
     description: String,
+    /// When the payment was accepted (`PaymentInitiated.initiatedAt`), ms: the start of
+    /// POST→result. `None` in entries written before it was kept.
+    #[serde(default)]
+    initiated_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -571,6 +596,10 @@ impl Saga {
         state.published_reason = Some(result.reason.clone());
         state.published_at_ms = Some(result.decided_at.timestamp_millis());
         self.metrics.results.with_label_values(&[status.symbol()]).inc();
+        if let Some(initiated_at_ms) = payment.initiated_at_ms {
+            let elapsed_ms = result.decided_at.timestamp_millis().saturating_sub(initiated_at_ms).max(0);
+            self.metrics.result_latency.with_label_values(&[status.symbol()]).observe(elapsed_ms as f64 / 1_000.0);
+        }
         ctx.forward_to("results", self.traced(Record::new(id, SagaEvent::Result(result), ts)))
     }
 
@@ -692,6 +721,7 @@ impl Saga {
             amount_minor: p.amount.minor(),
             currency: p.currency.clone(),
             description: p.description.clone(),
+            initiated_at_ms: Some(p.initiated_at.timestamp_millis()),
         });
         let early = state.early_callback.take();
         let early_cancel = state.early_cancel.take();
