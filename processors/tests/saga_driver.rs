@@ -225,7 +225,11 @@ fn happy_path_issues_a_charge_and_a_timer_and_ends_in_one_completed_result() {
     let latency = metrics.result_latency.with_label_values(&["COMPLETED"]);
     assert_eq!(latency.get_sample_count(), 1, "the result's latency is observed once");
     let decided_after_ms = done[0].decided_at.timestamp_millis() - T0_MS;
-    assert_eq!((latency.get_sample_sum() * 1_000.0).round() as i64, decided_after_ms, "initiatedAt → decidedAt");
+    assert_eq!(
+        (latency.get_sample_sum() * 1_000.0).round() as i64,
+        decided_after_ms,
+        "initiatedAt → decidedAt"
+    );
 }
 
 #[test]
@@ -597,7 +601,8 @@ fn a_fired_timer_carries_the_trace_context_of_its_scheduling() {
     let topology = timers::topology(AvroDatumCodec, topics::PAYMENTS_TIMERS).unwrap();
     let mut driver = TopologyTestDriver::new(topology, "paystream-timers", ErrorPolicy::Fail, T0_MS).unwrap();
     let (traced, untraced) = (Uuid::new_v4(), Uuid::new_v4());
-    for (id, headers) in [(traced, vec![("traceparent".to_owned(), TRACEPARENT.as_bytes().to_vec())]), (untraced, vec![])]
+    for (id, headers) in
+        [(traced, vec![("traceparent".to_owned(), TRACEPARENT.as_bytes().to_vec())]), (untraced, vec![])]
     {
         let scheduled = SagaEvent::Timer(TimerEvent {
             timer_id: Uuid::new_v4(),
@@ -608,7 +613,13 @@ fn a_fired_timer_carries_the_trace_context_of_its_scheduling() {
         });
         let bytes = AvroDatumCodec.encode(&scheduled).unwrap();
         driver
-            .pipe_with_headers(topics::PAYMENTS_TIMERS, Some(id.to_string().as_bytes()), Some(&bytes), T0_MS, headers)
+            .pipe_with_headers(
+                topics::PAYMENTS_TIMERS,
+                Some(id.to_string().as_bytes()),
+                Some(&bytes),
+                T0_MS,
+                headers,
+            )
             .unwrap();
     }
     driver.restart_from_changelogs().unwrap();
@@ -616,13 +627,18 @@ fn a_fired_timer_carries_the_trace_context_of_its_scheduling() {
     let fired = driver.read_all(topics::PAYMENTS_TIMERS);
     assert_eq!(fired.len(), 2, "both timers fired");
     for record in fired {
-        let SagaEvent::Timer(timer) = decode(topics::PAYMENTS_TIMERS, record.value.as_deref().unwrap()) else {
+        let SagaEvent::Timer(timer) = decode(topics::PAYMENTS_TIMERS, record.value.as_deref().unwrap())
+        else {
             panic!("not a timer")
         };
         assert!(matches!(timer.change, TimerChange::Fired { .. }), "{timer:?}");
         let header = record.headers.iter().find(|(name, _)| name == "traceparent").map(|(_, v)| v.as_slice());
         if timer.payment_id == traced {
-            assert_eq!(header, Some(TRACEPARENT.as_bytes()), "the fired timer continues its scheduling's trace");
+            assert_eq!(
+                header,
+                Some(TRACEPARENT.as_bytes()),
+                "the fired timer continues its scheduling's trace"
+            );
         } else {
             assert_eq!(header, None, "a timer scheduled without a context fires without one");
         }

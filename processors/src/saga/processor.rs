@@ -598,7 +598,10 @@ impl Saga {
         self.metrics.results.with_label_values(&[status.symbol()]).inc();
         if let Some(initiated_at_ms) = payment.initiated_at_ms {
             let elapsed_ms = result.decided_at.timestamp_millis().saturating_sub(initiated_at_ms).max(0);
-            self.metrics.result_latency.with_label_values(&[status.symbol()]).observe(elapsed_ms as f64 / 1_000.0);
+            self.metrics
+                .result_latency
+                .with_label_values(&[status.symbol()])
+                .observe(elapsed_ms as f64 / 1_000.0);
         }
         ctx.forward_to("results", self.traced(Record::new(id, SagaEvent::Result(result), ts)))
     }

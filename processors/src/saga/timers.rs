@@ -150,7 +150,8 @@ impl Processor<Uuid, SagaEvent> for Timers {
         for (key, value) in due {
             ctx.store(STORE)?.delete(&key)?;
             let entry = DueEntry::decode(&value)?;
-            let SagaEvent::Timer(mut timer) = self.codec.decode(Input::Timer, entry.timer).map_err(codec_error)?
+            let SagaEvent::Timer(mut timer) =
+                self.codec.decode(Input::Timer, entry.timer).map_err(codec_error)?
             else {
                 return Err(ProcessError::Fatal("the due index holds a non-timer".into()));
             };
@@ -170,7 +171,11 @@ impl Processor<Uuid, SagaEvent> for Timers {
 
 /// The span of one timer's firing, a child of the scheduling's context (a root when the entry kept
 /// none: written before contexts were kept, or scheduled without one).
-fn fire_span(timer: &paystream_schemas::events::TimerEvent, now_ms: i64, traceparent: Option<&str>) -> tracing::Span {
+fn fire_span(
+    timer: &paystream_schemas::events::TimerEvent,
+    now_ms: i64,
+    traceparent: Option<&str>,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "fire timer",
         otel.name = "timers fire",
@@ -179,7 +184,10 @@ fn fire_span(timer: &paystream_schemas::events::TimerEvent, now_ms: i64, tracepa
         timer_kind = timer.kind.symbol(),
         timer_late_ms = now_ms.saturating_sub(timer.due_at.timestamp_millis()),
     );
-    trace::set_parent(&span, trace::parent_from_pairs(traceparent.map(|t| (trace::TRACEPARENT, t.as_bytes()))));
+    trace::set_parent(
+        &span,
+        trace::parent_from_pairs(traceparent.map(|t| (trace::TRACEPARENT, t.as_bytes()))),
+    );
     span
 }
 
@@ -209,7 +217,10 @@ mod tests {
     fn an_entry_keeps_the_trace_context_beside_the_timer() {
         let timer = [0u8, 0, 0, 0, 7, 0x48, 1, 2, 3];
         let value = DueEntry::encode(Some(TRACEPARENT), &timer);
-        assert_eq!(DueEntry::decode(&value).unwrap(), DueEntry { traceparent: Some(TRACEPARENT), timer: &timer });
+        assert_eq!(
+            DueEntry::decode(&value).unwrap(),
+            DueEntry { traceparent: Some(TRACEPARENT), timer: &timer }
+        );
         // No context, or one too long to keep: the timer alone, the layout of before.
         assert_eq!(DueEntry::encode(None, &timer), timer);
         assert_eq!(DueEntry::encode(Some(&"0".repeat(TRACEPARENT_BYTES_MAX + 1)), &timer), timer);
