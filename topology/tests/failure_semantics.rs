@@ -262,9 +262,10 @@ fn assert_counts(instances: &[&Streams], expected: &BTreeMap<String, u64>) {
 // ---------------------------------------------------------------------------------------------
 // Ambiguous and abortable commits.
 
-/// Feeds a first batch, arms `fault` for the next commit, feeds a second batch (the fault hits
-/// its commit), then a third, and checks outputs, stores and the commit's recorded outcome.
-async fn commit_fault_keeps_exactly_once(prefix: &str, fault: CommitFault, outcome: &str) {
+/// Feeds a first batch, arms `faults` for the next commit (and, for a failing abort, the
+/// recovery's abort), feeds a second batch (the faults hit its commit), then a third, and checks
+/// outputs, stores and the commit's recorded outcome.
+async fn commit_fault_keeps_exactly_once(prefix: &str, faults: &[CommitFault], outcome: &str) {
     let app = App::new(prefix, 2).await;
     let state = tempfile::tempdir().unwrap();
     let config = app.config(state.path(), "a");
@@ -276,7 +277,9 @@ async fn commit_fault_keeps_exactly_once(prefix: &str, fault: CommitFault, outco
     feed(&app, 10, 3, &mut expected);
     let mut seen = consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(30));
 
-    arm_commit_fault(&transactional_id, fault);
+    for fault in faults {
+        arm_commit_fault(&transactional_id, *fault);
+    }
     feed(&app, 10, 3, &mut expected);
     wait_for("a commit to meet the injected fault", OUTPUT_TIMEOUT, || {
         armed_commit_faults(&transactional_id) == 0
@@ -304,7 +307,7 @@ async fn commit_fault_keeps_exactly_once(prefix: &str, fault: CommitFault, outco
 /// the next outputs of those keys repeated counts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_times_out_after_the_broker_committed_keeps_its_store_writes() {
-    commit_fault_keeps_exactly_once("after", CommitFault::TimeoutAfterCommit, "ambiguous_committed").await;
+    commit_fault_keeps_exactly_once("after", &[CommitFault::TimeoutAfterCommit], "ambiguous_committed").await;
 }
 
 /// The EndTxn never reached the broker: the new producer aborts the open transaction, the
@@ -312,14 +315,158 @@ async fn a_commit_that_times_out_after_the_broker_committed_keeps_its_store_writ
 /// again, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_times_out_before_the_broker_committed_is_redone_once() {
-    commit_fault_keeps_exactly_once("before", CommitFault::TimeoutBeforeCommit, "ambiguous_aborted").await;
+    commit_fault_keeps_exactly_once("before", &[CommitFault::TimeoutBeforeCommit], "ambiguous_aborted").await;
 }
 
 /// An abortable failure: aborted on the producer, which is then replaced (a new epoch, so no
 /// delayed request of the aborted transaction can land in the next one: KAFKA-17754).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abortable_commit_failure_aborts_replaces_the_producer_and_redoes_the_work_once() {
-    commit_fault_keeps_exactly_once("abortable", CommitFault::Abortable, "aborted").await;
+    commit_fault_keeps_exactly_once("abortable", &[CommitFault::Abortable], "aborted").await;
+}
+
+/// `send_offsets_to_transaction` times out: the outcome is unknown, so the producer is replaced
+/// (its `init_transactions` aborts the open transaction, which never got its offsets) and the
+/// committed offsets, behind those carried, say it aborted: redone once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_send_offsets_that_times_out_is_resolved_as_aborted_and_redone_once() {
+    commit_fault_keeps_exactly_once(
+        "offsetstimeout",
+        &[CommitFault::SendOffsetsTimeout],
+        "ambiguous_aborted",
+    )
+    .await;
+}
+
+/// `send_offsets_to_transaction` is refused in a way that needs an abort (a stale generation
+/// does that): aborted, the producer replaced, redone once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_send_offsets_aborts_and_redoes_the_work_once() {
+    commit_fault_keeps_exactly_once("offsetsrefused", &[CommitFault::SendOffsetsAbortable], "aborted").await;
+}
+
+/// The commit fails abortably and then the abort fails too (a timeout): the transaction is left
+/// open, and the new producer's `init_transactions` aborts it before anything else is written,
+/// so the redone work is still output once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_abort_leaves_the_transaction_to_the_new_producer_and_the_work_is_redone_once() {
+    commit_fault_keeps_exactly_once(
+        "abortfails",
+        &[CommitFault::Abortable, CommitFault::AbortFails],
+        "aborted",
+    )
+    .await;
+}
+
+/// The store of the tick counter.
+const TICKS: &str = "ticks";
+/// How often the tick counter counts.
+const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Where the tick counter stops counting, so that the test can compare a store at rest with its
+/// changelog.
+const TICKS_MAX: u64 = 40;
+
+/// Counts its wall-clock punctuations in store `ticks` (key `p<partition>`) and outputs each
+/// count, up to [`TICKS_MAX`]. It consumes nothing: its transactions carry no offsets of their
+/// own, so an ambiguous commit of one cannot be judged by them.
+struct TickCounter;
+
+impl Processor<String, String> for TickCounter {
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, String, String>) -> Result<(), ProcessError> {
+        let _: PunctuationId = ctx.schedule(TICK_INTERVAL, PunctuationType::WallClock);
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        _: Record<String, String>,
+        _: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    fn punctuate(
+        &mut self,
+        _: PunctuationId,
+        timestamp_ms: i64,
+        ctx: &mut ProcessorContext<'_, String, String>,
+    ) -> Result<(), ProcessError> {
+        let key = format!("p{}", ctx.partition());
+        let store = ctx.store(TICKS)?;
+        let count = store
+            .get(key.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0))
+            .unwrap_or(0);
+        if count >= TICKS_MAX {
+            return Ok(());
+        }
+        let next = (count + 1).to_string();
+        store.put(key.as_bytes(), next.as_bytes())?;
+        ctx.forward(Record::new(key, next, timestamp_ms));
+        Ok(())
+    }
+}
+
+fn tick_counter(input: &str, output: &str) -> Topology<String, String> {
+    let mut builder = Topology::builder();
+    builder
+        .add_source("in", &[input], utf8)
+        .add_processor("ticks", || TickCounter, &["in"])
+        .add_state_store(StoreSpec::persistent(TICKS), &["ticks"])
+        .add_sink("out", output, to_bytes, &["ticks"]);
+    builder.build().expect("valid topology")
+}
+
+/// An ambiguous commit of a punctuation-only transaction: it carried no consumed offsets, so the
+/// committed offsets cannot tell whether it committed. Every active task is marked corrupted:
+/// closed and restored from its checkpoint to its changelog's end, which holds exactly what
+/// committed. Counted as `ambiguous_restored`; the counts go on without a duplicate or a gap.
+async fn unjudgeable_commit_is_restored(prefix: &str, fault: CommitFault) {
+    let app = App::new(prefix, 1).await;
+    let state = tempfile::tempdir().unwrap();
+    let config = app.config(state.path(), "a");
+    let transactional_id = config.transactional_id();
+    let streams = Streams::start(tick_counter(&app.input, &app.output), config).unwrap();
+    wait_running(&streams);
+    let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
+    let mut seen = consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(5));
+    arm_commit_fault(&transactional_id, fault);
+    wait_for("a punctuation commit to meet the injected fault", OUTPUT_TIMEOUT, || {
+        armed_commit_faults(&transactional_id) == 0
+    });
+    let left = TICKS_MAX as usize - seen.len();
+    seen.extend(consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(left)));
+
+    let expected: BTreeMap<String, u64> = [("p0".to_string(), TICKS_MAX)].into();
+    assert_exactly_once(&seen, &expected);
+    assert_eq!(
+        streams.metrics().commits.with_label_values(&["ambiguous_restored"]).get(),
+        1,
+        "the commit its offsets could not judge was settled by restoring the task"
+    );
+    assert_store_equals_changelog(&app, &[&streams], TICKS);
+    assert_eq!(
+        store_state(&[&streams], TICKS),
+        [(b"p0".to_vec(), TICKS_MAX.to_string().into_bytes())].into(),
+        "the store counted every tick once"
+    );
+    assert_eq!(streams.state(), StreamsState::Running);
+    streams.close().unwrap();
+    app.cleanup(&[TICKS]).await;
+}
+
+/// The punctuation-only transaction committed and the answer was lost: the restore brings the
+/// committed tick into the store (its buffered write was dropped with the corrupted task).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_punctuation_commit_that_times_out_after_committing_is_restored_from_the_changelog() {
+    unjudgeable_commit_is_restored("unknownafter", CommitFault::TimeoutAfterCommit).await;
+}
+
+/// The punctuation-only transaction never committed: the new producer aborts it, the restore
+/// brings nothing of it, and the tick is counted again, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_punctuation_commit_that_times_out_before_committing_is_restored_and_redone_once() {
+    unjudgeable_commit_is_restored("unknownbefore", CommitFault::TimeoutBeforeCommit).await;
 }
 
 /// Instance A commits only when it must (a long commit interval), so its first commit is the one

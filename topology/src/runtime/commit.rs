@@ -193,10 +193,7 @@ impl<K: Clone + Send + 'static, V: Clone + Send + 'static> StreamThread<K, V> {
                 let metadata = consumer.group_metadata().ok_or_else(|| {
                     TransactionFailure::Abortable("no group metadata (not in a group)".into())
                 })?;
-                self.producer
-                    .producer
-                    .send_offsets_to_transaction(&offsets, &metadata, TRANSACTION_CALL_TIMEOUT)
-                    .map_err(|e| classify("send_offsets_to_transaction", &e))?;
+                self.producer.send_offsets(&offsets, &metadata)?;
             }
             self.producer.commit_transaction()?;
         } else {

@@ -11,8 +11,9 @@
 //! stays real: the broker commits or keeps the transaction open, the new producer's
 //! `init_transactions` completes or aborts it, and recovery reads the broker's committed offsets.
 //!
-//! A fault is armed for one `transactional.id` and used by that producer's next commit that
-//! carries records or offsets. Nothing is armed in production: the check is one load of an
+//! A fault is armed for one `transactional.id` and used by that producer's next transactional
+//! call it is meant for ([`CommitFault`]: `send_offsets_to_transaction`, `commit_transaction` or
+//! `abort_transaction`), in the order armed. Nothing is armed in production: the check is one load of an
 //! atomic flag per commit.
 //!
 //! Restore faults ([`RestoreFault`]) act the same way at the restore consumer's poll, for the
@@ -38,6 +39,37 @@ pub enum CommitFault {
     /// The commit fails in a way that needs an abort (as a rejected `send_offsets_to_transaction`
     /// does): the transaction is aborted on this producer.
     Abortable,
+    /// `send_offsets_to_transaction` times out before its request reaches the broker: the
+    /// transaction's outcome is unknown to the runtime (the broker holds it open, without the
+    /// offsets, until the next producer with this `transactional.id` aborts it).
+    SendOffsetsTimeout,
+    /// `send_offsets_to_transaction` is refused in a way that needs an abort (as a stale group
+    /// generation is).
+    SendOffsetsAbortable,
+    /// `abort_transaction` fails (as a timeout does) without aborting: the transaction stays
+    /// open until the next producer aborts it. Armed after a fault that leads to an abort.
+    AbortFails,
+}
+
+/// Where a [`CommitFault`] strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultSite {
+    /// `commit_transaction`.
+    Commit,
+    /// `send_offsets_to_transaction`.
+    SendOffsets,
+    /// `abort_transaction`.
+    Abort,
+}
+
+impl CommitFault {
+    fn site(self) -> FaultSite {
+        match self {
+            Self::TimeoutBeforeCommit | Self::TimeoutAfterCommit | Self::Abortable => FaultSite::Commit,
+            Self::SendOffsetsTimeout | Self::SendOffsetsAbortable => FaultSite::SendOffsets,
+            Self::AbortFails => FaultSite::Abort,
+        }
+    }
 }
 
 /// Faults armed per client identity (a `transactional.id`), each used once, in order. One
@@ -68,12 +100,15 @@ impl<F: Copy> Armed<F> {
         self.lock().get(id).map_or(0, VecDeque::len)
     }
 
-    fn take(&self, id: &str) -> Option<F> {
+    /// The next fault armed for `id`, used up, if `here` accepts it (a fault meant for another
+    /// call stays armed for that one).
+    fn take(&self, id: &str, here: impl Fn(F) -> bool) -> Option<F> {
         if !self.any.load(Ordering::SeqCst) {
             return None;
         }
         let mut armed = self.lock();
-        let fault = armed.get_mut(id).and_then(VecDeque::pop_front);
+        let queue = armed.get_mut(id)?;
+        let fault = queue.front().copied().filter(|f| here(*f)).and_then(|_| queue.pop_front());
         armed.retain(|_, faults| !faults.is_empty());
         if armed.is_empty() {
             self.any.store(false, Ordering::SeqCst);
@@ -96,9 +131,10 @@ pub fn armed_commit_faults(transactional_id: &str) -> usize {
     COMMIT_FAULTS.count(transactional_id)
 }
 
-/// The fault the commit of `transactional_id` must suffer now, if any (and it is used up).
-pub(crate) fn take_commit_fault(transactional_id: &str) -> Option<CommitFault> {
-    COMMIT_FAULTS.take(transactional_id)
+/// The fault the call at `site` of the producer `transactional_id` must suffer now, if any (and
+/// it is used up). Faults strike in the order armed: one meant for another site waits for it.
+pub(crate) fn take_commit_fault(transactional_id: &str, site: FaultSite) -> Option<CommitFault> {
+    COMMIT_FAULTS.take(transactional_id, |fault| fault.site() == site)
 }
 
 /// How the restore consumer's next fetch fails, mid-restore. The error is the one librdkafka's
@@ -131,7 +167,7 @@ pub fn armed_restore_faults(transactional_id: &str) -> usize {
 
 /// The fault the restore fetch of `transactional_id` must suffer now, if any (and it is used up).
 pub(crate) fn take_restore_fault(transactional_id: &str) -> Option<RestoreFault> {
-    RESTORE_FAULTS.take(transactional_id)
+    RESTORE_FAULTS.take(transactional_id, |_| true)
 }
 
 #[cfg(test)]
@@ -141,14 +177,18 @@ mod tests {
     #[test]
     fn faults_are_used_once_in_order_and_only_by_their_producer() {
         let id = "faults-unit-test";
-        assert_eq!(take_commit_fault(id), None);
+        let commit = FaultSite::Commit;
+        assert_eq!(take_commit_fault(id, commit), None);
         arm_commit_fault(id, CommitFault::TimeoutAfterCommit);
         arm_commit_fault(id, CommitFault::Abortable);
-        assert_eq!(armed_commit_faults(id), 2);
-        assert_eq!(take_commit_fault("another-producer"), None);
-        assert_eq!(take_commit_fault(id), Some(CommitFault::TimeoutAfterCommit));
-        assert_eq!(take_commit_fault(id), Some(CommitFault::Abortable));
-        assert_eq!(take_commit_fault(id), None);
+        arm_commit_fault(id, CommitFault::AbortFails);
+        assert_eq!(armed_commit_faults(id), 3);
+        assert_eq!(take_commit_fault("another-producer", commit), None);
+        assert_eq!(take_commit_fault(id, FaultSite::Abort), None, "not the abort's turn yet");
+        assert_eq!(take_commit_fault(id, commit), Some(CommitFault::TimeoutAfterCommit));
+        assert_eq!(take_commit_fault(id, commit), Some(CommitFault::Abortable));
+        assert_eq!(take_commit_fault(id, commit), None, "the next one is the abort's");
+        assert_eq!(take_commit_fault(id, FaultSite::Abort), Some(CommitFault::AbortFails));
         assert_eq!(armed_commit_faults(id), 0);
     }
 
@@ -156,7 +196,7 @@ mod tests {
     fn restore_faults_are_queued_apart_from_commit_faults() {
         let id = "restore-faults-unit-test";
         arm_restore_fault(id, RestoreFault::Transport);
-        assert_eq!(take_commit_fault(id), None);
+        assert_eq!(take_commit_fault(id, FaultSite::Commit), None);
         assert_eq!(armed_restore_faults(id), 1);
         assert_eq!(take_restore_fault(id), Some(RestoreFault::Transport));
         assert_eq!(take_restore_fault(id), None);

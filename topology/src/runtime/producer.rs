@@ -18,7 +18,7 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use super::clients::{self, TRANSACTION_CALL_TIMEOUT};
-use super::faults::{self, CommitFault};
+use super::faults::{self, CommitFault, FaultSite};
 use super::stream_thread::lock;
 use super::{ProcessingGuarantee, StreamsConfig, StreamsError};
 use crate::record::OutputRecord;
@@ -118,7 +118,7 @@ impl TransactionalProducer {
                 .commit_transaction(TRANSACTION_CALL_TIMEOUT)
                 .map_err(|e| classify("commit_transaction", &e))
         };
-        match faults::take_commit_fault(&self.transactional_id) {
+        match faults::take_commit_fault(&self.transactional_id, FaultSite::Commit) {
             None => commit(),
             Some(CommitFault::TimeoutBeforeCommit) => {
                 // Delivered but never ended, as when the EndTxn request is lost.
@@ -136,6 +136,30 @@ impl TransactionalProducer {
             Some(CommitFault::Abortable) => {
                 Err(TransactionFailure::Abortable("commit_transaction: abortable error (injected)".into()))
             }
+            Some(other) => unreachable!("{other:?} is not a commit_transaction fault"),
+        }
+    }
+
+    /// Adds the consumed offsets to the open transaction, with the consumer's group metadata
+    /// (which lets the group generation fence a zombie). Also a seam of the injected faults: a
+    /// timeout before the request reaches the broker, or a refusal that needs an abort.
+    pub fn send_offsets(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        metadata: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), TransactionFailure> {
+        match faults::take_commit_fault(&self.transactional_id, FaultSite::SendOffsets) {
+            None => self
+                .producer
+                .send_offsets_to_transaction(offsets, metadata, TRANSACTION_CALL_TIMEOUT)
+                .map_err(|e| classify("send_offsets_to_transaction", &e)),
+            Some(CommitFault::SendOffsetsTimeout) => {
+                Err(TransactionFailure::Ambiguous("send_offsets_to_transaction: timed out (injected)".into()))
+            }
+            Some(CommitFault::SendOffsetsAbortable) => Err(TransactionFailure::Abortable(
+                "send_offsets_to_transaction: abortable error (injected)".into(),
+            )),
+            Some(other) => unreachable!("{other:?} is not a send_offsets_to_transaction fault"),
         }
     }
 
@@ -147,6 +171,10 @@ impl TransactionalProducer {
         if let Err(error) = self.producer.flush(TRANSACTION_CALL_TIMEOUT) {
             // The abort below still decides; a failed delivery only makes it more necessary.
             tracing::debug!(%error, "flush before abort failed");
+        }
+        if faults::take_commit_fault(&self.transactional_id, FaultSite::Abort).is_some() {
+            // As a timed-out abort: the transaction is left open on the broker.
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
         }
         self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
     }
