@@ -104,6 +104,8 @@ impl Command {
             Command::Dispatch(_) => Some("dispatch"),
             Command::ProviderSim(_) => Some("provider-sim"),
             Command::View(_) => Some("view"),
+            Command::Orders(orders::Command::Run { .. }) => Some("orders"),
+            Command::LagExporter(_) => Some("lag-exporter"),
             _ => None,
         }
     }

@@ -25,10 +25,11 @@ use tracing_subscriber::Layer;
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// The crates whose spans (and the events inside them) are exported: ours only, so a
 /// dependency's chatter never fills the trace.
-const EXPORTED_TARGETS: [&str; 7] = [
+const EXPORTED_TARGETS: [&str; 8] = [
     "paystream",
     "paystream_stack",
     "paystream_api",
+    "paystream_monitor",
     "paystream_processors",
     "paystream_provider_sim",
     "paystream_topology",

@@ -14,6 +14,7 @@ use prometheus::{
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::dlq::DlqCounter;
 use crate::timers::TimerWatch;
@@ -267,8 +268,16 @@ pub async fn run(settings: StackSettings, dlq_topic: String, metrics: ExporterMe
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        collect_once(&mut state, &dlq_topic, &metrics).await;
+        // One trace per collection (`lag-exporter collect`), a child span per source: an operator
+        // sees in Jaeger which source is slow or failing, as the collection metrics tell.
+        let span = tracing::info_span!("collect", otel.name = "lag-exporter collect");
+        collect_once(&mut state, &dlq_topic, &metrics).instrument(span).await;
     }
+}
+
+/// The span of one source's collection within a collection's trace.
+fn source_span(source: &'static str) -> tracing::Span {
+    tracing::info_span!("collect source", otel.name = %format_args!("lag-exporter {source}"), source)
 }
 
 async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetrics) {
@@ -276,6 +285,7 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
     let started = Instant::now();
     let bootstrap = state.settings.kafka_bootstrap.clone();
     let groups = tokio::task::spawn_blocking(move || lag::collect(&bootstrap))
+        .instrument(source_span("kafka"))
         .await
         .unwrap_or_else(|join| Err(lag::LagError::Task(join.to_string())));
     if let Some(groups) = metrics.outcome("kafka", started, groups) {
@@ -298,6 +308,7 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
         let result = counter.catch_up().map(|()| counter.counts().clone()).map_err(lag::LagError::from);
         (result.is_ok().then_some(counter), result)
     })
+    .instrument(source_span("dlq"))
     .await
     .unwrap_or_else(|join| (None, Err(lag::LagError::Task(join.to_string()))));
     state.dlq = counter;
@@ -319,7 +330,7 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
                 .ok();
     }
     if let Some(watch) = &mut state.timers {
-        let result = watch.catch_up().await;
+        let result = watch.catch_up().instrument(source_span("timers")).await;
         if result.is_err() {
             state.timers = None;
         }
@@ -344,6 +355,7 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
             }
             Ok::<_, paystream_stack::connect::ConnectError>(statuses)
         }
+        .instrument(source_span("connect"))
         .await;
         metrics.connect_up.set(i64::from(statuses.is_ok()));
         if let Some(statuses) = metrics.outcome("connect", started, statuses) {
@@ -375,6 +387,7 @@ async fn collect_once(state: &mut State, dlq_topic: &str, metrics: &ExporterMetr
             let settled = payments::settled_between(db, state.settled_after, SETTLED_GRACE).await?;
             Ok::<_, sqlx::Error>((recent, stuck, slots, settled))
         }
+        .instrument(source_span("postgres"))
         .await;
         if let Some((recent, stuck, slots, (settled, until))) = metrics.outcome("postgres", started, result) {
             metrics.payments_recent.reset();

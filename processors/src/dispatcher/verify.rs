@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use paystream_schemas::events::{DispatchOutcome, DispatchResult, ProviderAction, ProviderRequest};
 use paystream_schemas::time;
+use paystream_stack::trace;
 use paystream_topology::dlq::truncate;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::provider::{self, AttemptError, ANSWER_EXCERPT_BYTES_MAX};
 use super::{Dispatch, DispatchError, DETAIL_BYTES_MAX};
@@ -103,18 +105,41 @@ impl RequestClient {
         })
     }
 
-    /// One attempt of `request`.
+    /// One attempt of `request`, in a client span of its own (named like the simulator's route,
+    /// `GET /v1/charges/{key}`, …) whose trace context the request carries (`traceparent`), so the
+    /// saga's verification and its undoing stay in the payment's trace as its charge does.
     pub async fn attempt(&self, request: &ProviderRequest) -> Reading {
+        let (method, route) = match &request.action {
+            ProviderAction::StatusQuery { .. } => ("GET", "/v1/charges/{key}"),
+            ProviderAction::Void { .. } => ("POST", "/v1/charges/{key}/void"),
+            ProviderAction::Refund { .. } => ("POST", "/v1/charges/{key}/refund"),
+        };
+        let span = tracing::info_span!(
+            "provider request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "client",
+            payment_id = %request.payment_id,
+            request = request.action.label(),
+            http.request.method = method,
+            url.full = %format_args!("{}{}", self.charges_url, route.trim_start_matches("/v1/charges")),
+        );
+        self.attempt_once(request).instrument(span).await
+    }
+
+    async fn attempt_once(&self, request: &ProviderRequest) -> Reading {
         let key = request.payment_id;
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        trace::inject_http(&mut trace_headers);
         let sent = match &request.action {
-            ProviderAction::StatusQuery { .. } => self.http.get(format!("{}/{key}", self.charges_url)).send(),
-            ProviderAction::Void { .. } => self.http.post(format!("{}/{key}/void", self.charges_url)).send(),
+            ProviderAction::StatusQuery { .. } => self.http.get(format!("{}/{key}", self.charges_url)),
+            ProviderAction::Void { .. } => self.http.post(format!("{}/{key}/void", self.charges_url)),
             ProviderAction::Refund { amount, currency, .. } => self
                 .http
                 .post(format!("{}/{key}/refund", self.charges_url))
-                .json(&json!({ "amount": amount.to_string(), "currency": currency }))
-                .send(),
-        };
+                .json(&json!({ "amount": amount.to_string(), "currency": currency })),
+        }
+        .headers(trace_headers)
+        .send();
         let response = match sent.await {
             Ok(response) => response,
             Err(error) if error.is_timeout() => return Reading::Retry(AttemptError::Timeout),

@@ -158,7 +158,10 @@ impl Answer {
             tracing::warn!(order_id = %self.order_id, "order already answered; no second answer written");
             return Ok(false);
         }
-        let traceparent = outbox::new_traceparent();
+        // The answer joins the trace of the work that writes it (the inbox record's span for a
+        // refusal, settlement's for a result); a fresh context when traces are not exported.
+        let traceparent = paystream_stack::trace::traceparent_of(&tracing::Span::current())
+            .unwrap_or_else(outbox::new_traceparent);
         outbox::write(
             tx,
             &OutboxRow {

@@ -382,7 +382,10 @@ async fn open(
         }
         Err(error) => return Err(error.into()),
     }
-    let traceparent = outbox::new_traceparent();
+    // The payment continues the command's trace: the inbox record's span (under the `traceparent`
+    // header of `pay.order`, if it had one); a fresh context when traces are not exported.
+    let traceparent = paystream_stack::trace::traceparent_of(&tracing::Span::current())
+        .unwrap_or_else(outbox::new_traceparent);
     let key = payment_id.to_string();
     outbox::write(
         &mut tx,
