@@ -475,7 +475,20 @@ async fn a_punctuation_commit_that_times_out_before_committing_is_restored_and_r
 /// stores that miss the committed writes; B restores the others from the changelogs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_failing_during_a_revoke_closes_the_tasks_and_restores_those_that_come_back() {
-    let app = App::new("revoke", 4).await;
+    revoke_with_a_failing_commit("revoke", CommitFault::TimeoutAfterCommit).await;
+}
+
+/// As above, with the revoke's commit refused (abortable) instead: aborted, the producer
+/// replaced, the tasks closed; the work is redone once from the committed state, by A for the
+/// partitions it gets back (restored from their changelogs) and by B for the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_refused_during_a_revoke_closes_the_tasks_and_the_work_is_redone_once() {
+    revoke_with_a_failing_commit("revokerefused", CommitFault::Abortable).await;
+}
+
+/// A's first commit is the revoke's when B joins, and `fault` makes it fail: see the tests above.
+async fn revoke_with_a_failing_commit(prefix: &str, fault: CommitFault) {
+    let app = App::new(prefix, 4).await;
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut config_a = app.config(state_a.path(), "a");
     config_a.commit_interval = NEVER;
@@ -488,7 +501,7 @@ async fn a_commit_failing_during_a_revoke_closes_the_tasks_and_restores_those_th
     let uncommitted = testkit::consumer(&app.settings, &app.output, "read_uncommitted");
     consume_until(&uncommitted, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(80));
 
-    arm_commit_fault(&transactional_id, CommitFault::TimeoutAfterCommit);
+    arm_commit_fault(&transactional_id, fault);
     let b = Streams::start(counting(&app.input, &app.output), app.config(state_b.path(), "b")).unwrap();
     wait_for("a 2/2 split with both instances running", RUNNING_TIMEOUT, || {
         a.assigned_partitions().len() == 2
@@ -497,6 +510,10 @@ async fn a_commit_failing_during_a_revoke_closes_the_tasks_and_restores_those_th
             && b.state() == StreamsState::Running
     });
     assert_eq!(armed_commit_faults(&transactional_id), 0, "the revoke's commit met the fault");
+    assert!(
+        a.metrics().restore_partitions.with_label_values(&["counts"]).get() > 0,
+        "A's tasks were closed, and those it kept were restored from their changelogs, not resumed"
+    );
 
     // Both go on from the committed state; A commits its part when it stops, and B does what A
     // had not reached.
