@@ -90,7 +90,7 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving the API");
-    server::serve(listener, state, crate::shutdown::signal()).await?;
+    server::serve(listener, state, crate::shutdown::token().requested()).await?;
     tracing::info!("API stopped");
     Ok(())
 }

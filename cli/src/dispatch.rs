@@ -52,7 +52,7 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
         concurrency_max: args.concurrency_max,
         ..DispatcherConfig::new(settings, &args.provider_url, metrics)
     };
-    let result = dispatcher::run(config, crate::shutdown::signal()).await;
+    let result = dispatcher::run(config, crate::shutdown::token()).await;
     metrics_server.abort();
     result?;
     Ok(())

@@ -27,7 +27,7 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     let interval = std::time::Duration::from_secs(args.interval_s.max(1));
     tokio::select! {
         () = exporter::run(settings.clone(), args.dlq_topic, metrics, interval) => {}
-        () = crate::shutdown::signal() => {}
+        () = crate::shutdown::token().requested() => {}
     }
     server.abort();
     Ok(())

@@ -85,7 +85,7 @@ async fn consume(settings: &StackSettings, metrics_listen: SocketAddr) -> anyhow
     let metrics_server = crate::metrics_server::spawn(metrics_listen, registry).await?;
     let config = OrdersConfig::new(settings, metrics);
     tracing::info!(topic = %config.commands_topic, group = %config.group_id, "handling pay.order commands");
-    let result = orders::run(config, crate::shutdown::signal()).await;
+    let result = orders::run(config, crate::shutdown::token()).await;
     metrics_server.abort();
     result?;
     tracing::info!("pay.order inbox stopped");

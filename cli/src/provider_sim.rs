@@ -14,6 +14,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = SimMetrics::register(&prometheus::Registry::new())?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    paystream_provider_sim::serve(listener, config, metrics, crate::shutdown::signal()).await?;
+    paystream_provider_sim::serve(listener, config, metrics, crate::shutdown::token().requested()).await?;
     Ok(())
 }

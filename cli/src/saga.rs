@@ -134,7 +134,7 @@ async fn run_streams(
     let streams = tokio::task::spawn_blocking(move || Streams::start(topology, config)).await??;
     let registries = vec![streams.metrics().registry().clone(), extra];
     let metrics_server = crate::metrics_server::spawn_many(metrics_listen, registries).await?;
-    let result = streams.run_until(crate::shutdown::signal()).await;
+    let result = streams.run_until(crate::shutdown::token().requested()).await;
     metrics_server.abort();
     result?;
     Ok(())

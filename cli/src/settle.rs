@@ -18,7 +18,7 @@ pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     let metrics_server = crate::metrics_server::spawn(args.metrics_listen, registry).await?;
     let config = SettlementConfig::new(settings, metrics);
     tracing::info!(topic = %config.results_topic, group = %config.group_id, "settling payment results");
-    let result = settlement::run(config, crate::shutdown::signal()).await;
+    let result = settlement::run(config, crate::shutdown::token()).await;
     metrics_server.abort();
     result?;
     tracing::info!("settlement stopped");

@@ -118,8 +118,7 @@ async fn run_live(
     let registry = prometheus::Registry::new();
     let metrics = ViewMetrics::new(&registry)?;
     let mut application_id = live_application_id(&common.state_dir, fixed)?;
-    let shutdown = crate::shutdown::signal();
-    tokio::pin!(shutdown);
+    let shutdown = crate::shutdown::token();
     loop {
         tracing::info!(%application_id, "running the payment view");
         let topology = topology(settings, metrics.clone())?;
@@ -127,7 +126,7 @@ async fn run_live(
         let streams = tokio::task::spawn_blocking(move || Streams::start(topology, config)).await??;
         let registries = vec![streams.metrics().registry().clone(), registry.clone()];
         let metrics_server = crate::metrics_server::spawn_many(metrics_listen, registries).await?;
-        let ended = watch(&streams, &common.state_dir, fixed, &application_id, &mut shutdown).await;
+        let ended = watch(&streams, &common.state_dir, fixed, &application_id, &shutdown).await;
         metrics_server.abort();
         // The listener is dropped with its task: wait for that before binding the port again.
         let _ = metrics_server.await;
@@ -148,12 +147,12 @@ async fn watch(
     state_dir: &Path,
     fixed: Option<&str>,
     current: &str,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    shutdown: &paystream_topology::ShutdownHandle,
 ) -> anyhow::Result<Ended> {
     let mut poll = tokio::time::interval(Duration::from_millis(POINTER_POLL_MS));
     loop {
         tokio::select! {
-            () = shutdown.as_mut() => return Ok(Ended::Shutdown),
+            () = shutdown.requested() => return Ok(Ended::Shutdown),
             _ = poll.tick() => {
                 if streams.is_finished() {
                     anyhow::bail!("the payment view's stream thread stopped");

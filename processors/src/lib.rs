@@ -23,8 +23,9 @@
 //!   acknowledged before the source offset is committed.
 //! - [`retry`]: bounded retries with capped exponential back-off for transient failures,
 //!   interruptible by shutdown, so a record is retried, never skipped, and never forever.
-//! - [`shutdown`]: the shutdown trigger a processor's `run` takes as a `Future`, made
-//!   awaitable more than once.
+//!
+//! Shutdown has one mechanism, the topology runtime's [`paystream_topology::ShutdownHandle`]: a
+//! processor's `run` takes the process's handle, and its loops, workers and back-offs watch it.
 //!
 //! - [`saga`]: the payment saga on `topology/`: the state machine, the saga topology and the
 //!   timer processor (logic done and tested on the test driver; binaries and end-to-end tests
@@ -42,5 +43,4 @@ pub mod orders;
 pub mod retry;
 pub mod saga;
 pub mod settlement;
-pub mod shutdown;
 pub mod view;

@@ -12,9 +12,8 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
+use paystream_topology::ShutdownHandle;
 use tokio::time::Instant;
-
-use crate::shutdown::Shutdown;
 
 /// First pause after a failed attempt.
 pub const BACKOFF_INITIAL_MS: u64 = 100;
@@ -111,17 +110,17 @@ pub enum RetryError<E> {
 
 /// Runs `op` until it succeeds, fails permanently (`is_transient` false), runs out of
 /// attempts, or shutdown is requested during a pause. `on_retry` sees each transient
-/// failure with the pause that follows (for logs and metrics).
-pub async fn retry<T, E, S, Fut>(
+/// failure with the pause that follows (for logs and metrics). A request on `shutdown` ends a
+/// pause at once.
+pub async fn retry<T, E, Fut>(
     policy: RetryPolicy,
-    shutdown: &mut Shutdown<S>,
+    shutdown: &ShutdownHandle,
     mut op: impl FnMut() -> Fut,
     is_transient: impl Fn(&E) -> bool,
     mut on_retry: impl FnMut(&E, Duration),
 ) -> Result<T, RetryError<E>>
 where
     E: Display,
-    S: Future<Output = ()>,
     Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::new(policy);
@@ -136,7 +135,7 @@ where
         };
         on_retry(&error, delay);
         tokio::select! {
-            () = shutdown.recv() => return Err(RetryError::Interrupted),
+            () = shutdown.requested() => return Err(RetryError::Interrupted),
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -208,8 +207,8 @@ mod tests {
         assert_eq!(slept, Duration::from_millis(700), "100 + 200 + 400; 800 more would pass 1 s");
     }
 
-    fn never() -> Shutdown<std::future::Pending<()>> {
-        Shutdown::new(std::future::pending())
+    fn never() -> ShutdownHandle {
+        ShutdownHandle::new()
     }
 
     #[tokio::test(start_paused = true)]
@@ -218,7 +217,7 @@ mod tests {
         let mut retried = Vec::new();
         let value = retry(
             policy(5),
-            &mut never(),
+            &never(),
             || {
                 calls += 1;
                 let n = calls;
@@ -247,15 +246,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_are_not_retried_and_attempts_run_out() {
-        let permanent =
-            retry(policy(5), &mut never(), || async { Err::<(), _>("bad") }, |_| false, |_, _| {})
-                .await
-                .unwrap_err();
+        let permanent = retry(policy(5), &never(), || async { Err::<(), _>("bad") }, |_| false, |_, _| {})
+            .await
+            .unwrap_err();
         assert!(matches!(permanent, RetryError::Permanent("bad")));
         let mut calls = 0;
         let exhausted = retry(
             policy(4),
-            &mut never(),
+            &never(),
             || {
                 calls += 1;
                 async { Err::<(), _>("down") }
@@ -270,13 +268,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_interrupts_a_pause() {
-        let mut shutdown = Shutdown::new(tokio::time::sleep(Duration::from_millis(250)));
+    async fn shutdown_interrupts_a_pause_at_once() {
+        let shutdown = ShutdownHandle::new();
+        let requester = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            requester.request();
+        });
+        let started = Instant::now();
         let interrupted =
-            retry(policy(100), &mut shutdown, || async { Err::<(), _>("down") }, |_| true, |_, _| {})
+            retry(policy(100), &shutdown, || async { Err::<(), _>("down") }, |_| true, |_, _| {})
                 .await
                 .unwrap_err();
         assert!(matches!(interrupted, RetryError::Interrupted));
-        assert!(shutdown.is_shutdown());
+        // Pauses of 100 and 200 ms: the request at 250 ms lands in the second, which ends then.
+        assert_eq!(started.elapsed(), Duration::from_millis(250), "the pause ended at the request");
+        assert!(shutdown.is_requested());
     }
 }

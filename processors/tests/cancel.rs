@@ -25,6 +25,7 @@ use paystream_schemas::events::{
     ProviderAction, ProviderRequest, ProviderStatus,
 };
 use paystream_stack::testkit;
+use paystream_topology::ShutdownHandle;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -46,7 +47,7 @@ struct Flow {
     base_url: String,
     http: reqwest::Client,
     _api: oneshot::Sender<()>,
-    settlement: (oneshot::Sender<()>, JoinHandle<Result<(), SettlementError>>),
+    settlement: (ShutdownHandle, JoinHandle<Result<(), SettlementError>>),
 }
 
 impl Flow {
@@ -88,10 +89,8 @@ impl Flow {
             group_id: testkit::unique("it-cancel-settlement"),
             ..SettlementConfig::new(&stack.settings, metrics)
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(settlement::run(config, async move {
-            let _ = stopped.await;
-        }));
+        let stop = ShutdownHandle::new();
+        let task = tokio::spawn(settlement::run(config, stop.clone()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Self { stack, base_url, http, _api: api, settlement: (stop, task) }
     }
@@ -235,7 +234,7 @@ impl Flow {
 
     async fn stop(self) {
         let (stop, task) = self.settlement;
-        let _ = stop.send(());
+        stop.request();
         tokio::time::timeout(STOP_TIMEOUT, task)
             .await
             .expect("settlement stops")

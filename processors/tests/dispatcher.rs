@@ -8,6 +8,8 @@
 //!
 //! Waits are bounded and poll a condition (counters, topics); nothing sleeps to assert.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,10 +25,10 @@ use paystream_processors::dlq;
 use paystream_processors::retry::RetryPolicy;
 use paystream_provider_sim::{SimConfig, SimMetrics};
 use paystream_schemas::events::{ChargeCommand, DispatchOutcome, DispatchResult};
-use paystream_schemas::registry::RegistryClient;
 use paystream_schemas::{time, EventCodec};
 use paystream_stack::testkit::{self, Received};
-use paystream_stack::{kafka, wait, StackSettings};
+use paystream_stack::{kafka, StackSettings};
+use paystream_topology::ShutdownHandle;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde_json::Value;
@@ -56,13 +58,7 @@ struct Stack {
 
 async fn stack() -> Stack {
     let settings = testkit::kafka_stack().await;
-    let registry = RegistryClient::new(&settings.schema_registry_url).expect("registry client");
-    let what = format!("Schema Registry at {}", settings.schema_registry_url);
-    if let Err(not_ready) =
-        wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
-    {
-        panic!("{not_ready}");
-    }
+    common::registry_ready(&settings).await;
     let codec = EventCodec::new(&settings.schema_registry_url).expect("codec");
     let producer = kafka::idempotent_producer(&settings.kafka_bootstrap).create().expect("producer");
     Stack { settings, codec, producer }
@@ -264,7 +260,7 @@ impl ScriptedProvider {
 
 struct Running {
     metrics: DispatcherMetrics,
-    stop: oneshot::Sender<()>,
+    stop: ShutdownHandle,
     task: JoinHandle<Result<(), DispatchError>>,
 }
 
@@ -289,16 +285,14 @@ fn config(stack: &Stack, topics: &Topics, provider_url: &str) -> DispatcherConfi
 
 fn start(config: DispatcherConfig) -> Running {
     let metrics = config.metrics.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(dispatcher::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let stop = ShutdownHandle::new();
+    let task = tokio::spawn(dispatcher::run(config, stop.clone()));
     Running { metrics, stop, task }
 }
 
 impl Running {
     async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.request();
         tokio::time::timeout(STOP_TIMEOUT, self.task)
             .await
             .unwrap_or_else(|_| panic!("the dispatcher did not return within {STOP_TIMEOUT:?}"))

@@ -11,12 +11,15 @@
 //! Every wait is bounded and polls a condition; after each test the wallets are checked for
 //! conservation of money.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::settlement::{assert_money_conserved, money, seed_user_wallet, settlement_config, Running};
 use paystream_processors::orders::client::OrdersClient;
 use paystream_processors::orders::{self, OrderTopics, OrdersConfig, OrdersMetrics};
-use paystream_processors::settlement::{self, SettlementConfig, SettlementMetrics};
+use paystream_processors::settlement;
 use paystream_schemas::events::{
     CommandAmount, OrderFailureReason, OrderPaid, OrderPaymentFailed, PayOrder, PaymentInitiated,
     PaymentResult, PaymentResultStatus,
@@ -27,8 +30,6 @@ use paystream_stack::testkit::{self, consume_until, Received};
 use paystream_stack::{kafka, wait, StackSettings};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Budget for a command, a result or an event to reach its expected state.
@@ -39,8 +40,6 @@ const SETTLE: Duration = Duration::from_secs(3);
 const PARTITIONS: i32 = 3;
 /// Pause between two looks at a condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Budget for a consumer to stop once asked.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The name of the tests' users.
 const TEST_USER: &str = "orders test";
 
@@ -63,20 +62,9 @@ struct Door {
     inbox_metrics: OrdersMetrics,
 }
 
-/// A processor running in a task, and how to stop it.
-struct Running<E> {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), E>>,
-}
-
-impl<E: std::fmt::Debug> Running<E> {
-    async fn stop(self, what: &str) {
-        let _ = self.stop.send(());
-        let stopped = tokio::time::timeout(STOP_TIMEOUT, self.task)
-            .await
-            .unwrap_or_else(|_| panic!("{what} did not stop within {STOP_TIMEOUT:?}"));
-        stopped.expect("task").unwrap_or_else(|e| panic!("{what} stopped with an error: {e:?}"));
-    }
+/// Stops `running`, checking it stopped cleanly (`what` names it in the failure).
+async fn stop<E: std::fmt::Debug + Send + 'static>(running: Running<E>, what: &str) {
+    running.stop().await.unwrap_or_else(|e| panic!("{what} stopped with an error: {e:?}"));
 }
 
 /// The names of a test's topics under `base`.
@@ -96,14 +84,8 @@ fn topic_names(base: &str) -> (String, OrderTopics, String, String) {
 /// The stack once Kafka, the registry, the database and the outbox connector answer, with the
 /// order contracts registered under the project's rule.
 async fn stack() -> (StackSettings, PgPool) {
-    let settings = testkit::kafka_stack().await;
+    let (settings, db) = common::settlement::stack().await;
     let registry = RegistryClient::new(&settings.schema_registry_url).expect("registry client");
-    let what = format!("Schema Registry at {}", settings.schema_registry_url);
-    if let Err(not_ready) =
-        wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
-    {
-        panic!("{not_ready}");
-    }
     // `paystream schemas register` does this in dev/up; a stack started before the contracts
     // existed has not, and a codec would otherwise register them under the global rule.
     for contract in
@@ -114,7 +96,6 @@ async fn stack() -> (StackSettings, PgPool) {
             .await
             .unwrap_or_else(|e| panic!("registering {}: {e}", contract.name));
     }
-    let db = testkit::wallet_db(&settings).await;
     let connect = testkit::connect_stack(&settings).await;
     let what = "the wallet-outbox connector RUNNING".to_owned();
     if let Err(not_ready) = wait::until_ready(what, testkit::CONNECTOR_TIMEOUT, || async {
@@ -179,33 +160,22 @@ impl Door {
 
     fn start_inbox(&mut self) {
         let config = self.inbox_config();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(orders::run(config, async {
-            let _ = stopped.await;
-        }));
-        self.inbox = Some(Running { stop, task });
+        self.inbox = Some(Running::spawn(|shutdown| orders::run(config, shutdown)));
     }
 
     fn start_settlement(&mut self) {
-        let metrics = SettlementMetrics::register(&prometheus::Registry::new()).unwrap();
-        let mut config = SettlementConfig::new(&self.settings, metrics);
-        config.results_topic = self.results.clone();
-        config.dlq_topic = self.dlq.clone();
-        config.group_id = format!("{}-settle", self.results);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(settlement::run(config, async {
-            let _ = stopped.await;
-        }));
-        self.settlement = Some(Running { stop, task });
+        let group = format!("{}-settle", self.results);
+        let config = settlement_config(&self.settings, &self.results, &self.dlq, &group);
+        self.settlement = Some(Running::spawn(|shutdown| settlement::run(config, shutdown)));
     }
 
     /// Stops both processors (checking they stopped cleanly) and deletes the topics.
     async fn close(mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.stop("the inbox consumer").await;
+            stop(inbox, "the inbox consumer").await;
         }
         if let Some(settlement) = self.settlement.take() {
-            settlement.stop("settlement").await;
+            stop(settlement, "settlement").await;
         }
         let names = [
             &self.commands,
@@ -313,40 +283,16 @@ struct Wallet {
     wallet_id: Uuid,
 }
 
-fn money(text: &str) -> Decimal {
-    Decimal::from_str_exact(text).expect("decimal")
-}
-
 fn amount(text: &str) -> Amount {
     text.parse().expect("amount")
 }
 
 /// A user with a RUB wallet holding `deposit`.
 async fn seed_wallet(db: &PgPool, deposit: &str) -> Wallet {
-    let wallet = Wallet { user_id: Uuid::new_v4(), wallet_id: Uuid::new_v4() };
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (user_id, name, phone) VALUES ($1, $2, '+70000000000')")
-        .bind(wallet.user_id)
-        .bind(TEST_USER)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO wallets (wallet_id, user_id, currency, available) VALUES ($1, $2, 'RUB', $3)")
-        .bind(wallet.wallet_id)
-        .bind(wallet.user_id)
-        .bind(money(deposit))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO deposits (idempotency_key, wallet_id, amount) VALUES ($1, $2, $3)")
-        .bind(testkit::unique("it-orders-deposit"))
-        .bind(wallet.wallet_id)
-        .bind(money(deposit))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let (user_id, wallet_id) = seed_user_wallet(&mut tx, TEST_USER, money(deposit), Decimal::ZERO).await;
     tx.commit().await.unwrap();
-    wallet
+    Wallet { user_id, wallet_id }
 }
 
 /// A command to pay `amount` from `wallet` (named by its user and currency) for a new order.
@@ -408,26 +354,6 @@ async fn payment_status(db: &PgPool, order_id: &str) -> Option<String> {
         .fetch_optional(db)
         .await
         .unwrap()
-}
-
-/// DESIGN.md invariant 1 for one wallet, and the reservation matching the pending payments.
-async fn assert_money_conserved(db: &PgPool, wallet_id: Uuid) {
-    let (available, reserved, deposited, completed, pending): (Decimal, Decimal, Decimal, Decimal, Decimal) =
-        sqlx::query_as(
-            "SELECT w.available, w.reserved,
-                    (SELECT coalesce(sum(amount), 0) FROM deposits d WHERE d.wallet_id = w.wallet_id),
-                    (SELECT coalesce(sum(amount), 0) FROM wallet_transactions t
-                      WHERE t.wallet_id = w.wallet_id AND t.status = 'COMPLETED'),
-                    (SELECT coalesce(sum(amount), 0) FROM wallet_transactions t
-                      WHERE t.wallet_id = w.wallet_id AND t.status = 'PENDING')
-               FROM wallets w WHERE w.wallet_id = $1",
-        )
-        .bind(wallet_id)
-        .fetch_one(db)
-        .await
-        .unwrap();
-    assert_eq!(available + reserved, deposited - completed, "money not conserved in wallet {wallet_id}");
-    assert_eq!(reserved, pending, "wallet {wallet_id} reserves {reserved}, its pending payments {pending}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -662,7 +588,8 @@ async fn child_inbox_process() {
     config.commands_topic = commands;
     config.topics = topics;
     config.dlq_topic = dlq;
-    orders::run(config, std::future::pending()).await.unwrap();
+    // Killed, never stopped: nothing requests its stop token.
+    orders::run(config, paystream_topology::ShutdownHandle::new()).await.unwrap();
 }
 
 /// Orders the kill test sends.
@@ -674,7 +601,7 @@ const KILL_SEND_INTERVAL: Duration = Duration::from_millis(25);
 async fn the_inbox_killed_mid_stream_debits_no_order_twice_and_loses_none() {
     let mut door = Door::open().await;
     // This test's inbox is the child process; settlement is not needed.
-    door.inbox.take().expect("started").stop("the in-process inbox").await;
+    stop(door.inbox.take().expect("started"), "the in-process inbox").await;
     let base = door.commands.trim_end_matches(".pay-order").to_owned();
     let spawn = || {
         std::process::Command::new(std::env::current_exe().unwrap())
@@ -788,7 +715,7 @@ const DB_OUTAGE: Duration = Duration::from_secs(8);
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_met_by_a_database_outage_are_retried_not_dead_lettered() {
     let mut door = Door::open().await;
-    door.inbox.take().expect("started").stop("the in-process inbox").await;
+    stop(door.inbox.take().expect("started"), "the in-process inbox").await;
     // The inbox reaches the wallet database through a proxy the test switches off.
     let upstream = "127.0.0.1:5432";
     assert!(door.settings.wallet_db_url.contains(upstream), "the stack's database is at {upstream}");
@@ -796,11 +723,7 @@ async fn commands_met_by_a_database_outage_are_retried_not_dead_lettered() {
     let mut config = door.inbox_config();
     config.wallet_db_url = door.settings.wallet_db_url.replace(upstream, &proxy.addr().to_string());
     let metrics = config.metrics.clone();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(orders::run(config, async {
-        let _ = stopped.await;
-    }));
-    let inbox = Running { stop, task };
+    let inbox = Running::spawn(|shutdown| orders::run(config, shutdown));
 
     let wallet = seed_wallet(&door.db, "100.00").await;
     let first = command(&wallet, "10.00");
@@ -829,7 +752,7 @@ async fn commands_met_by_a_database_outage_are_retried_not_dead_lettered() {
     let dlq = testkit::consumer(&door.settings, &door.dlq, "read_committed");
     let letters = consume_until(&dlq, Duration::from_secs(5), SETTLE, |_| true);
     assert!(letters.is_empty(), "nothing is dead-lettered for an outage: {letters:#?}");
-    inbox.stop("the inbox behind the proxy").await;
+    stop(inbox, "the inbox behind the proxy").await;
     assert_money_conserved(&door.db, wallet.wallet_id).await;
     door.close().await;
 }

@@ -33,6 +33,7 @@ use paystream_schemas::events::{
 use paystream_schemas::EventCodec;
 use paystream_stack::kafka;
 use paystream_stack::testkit;
+use paystream_topology::ShutdownHandle;
 use paystream_topology::Streams;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -163,7 +164,7 @@ fn provider(relay_url: &str, seed: u64, tweak: impl FnOnce(&mut SimConfig)) -> S
 
 struct Dispatcher {
     metrics: DispatcherMetrics,
-    stop: oneshot::Sender<()>,
+    stop: ShutdownHandle,
     task: JoinHandle<Result<(), DispatchError>>,
 }
 
@@ -181,15 +182,13 @@ impl Dispatcher {
         config.http_retry.backoff_initial = Duration::from_millis(10);
         config.http_retry.backoff_max = Duration::from_millis(50);
         config.retry = RetryPolicy { backoff_initial: Duration::from_millis(50), ..RetryPolicy::default() };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(dispatcher::run(config, async move {
-            let _ = stopped.await;
-        }));
+        let stop = ShutdownHandle::new();
+        let task = tokio::spawn(dispatcher::run(config, stop.clone()));
         Self { metrics, stop, task }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.request();
         tokio::time::timeout(STOP_TIMEOUT, self.task)
             .await
             .expect("the dispatcher stops")

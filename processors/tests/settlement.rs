@@ -11,8 +11,11 @@
 //! `available + reserved = deposits − completed payments`, and `reserved` is the sum of
 //! the pending payments.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::settlement::{assert_money_conserved, money, seed_user_wallet, settlement_config};
 use paystream_processors::consumer::ConsumerError;
 use paystream_processors::dlq;
 use paystream_processors::retry::RetryPolicy;
@@ -20,25 +23,20 @@ use paystream_processors::settlement::{
     self, ApplyError, SettlementConfig, SettlementError, SettlementMetrics,
 };
 use paystream_schemas::events::{PaymentResult, PaymentResultStatus};
-use paystream_schemas::registry::RegistryClient;
 use paystream_schemas::{time, Amount, EventCodec};
 use paystream_stack::testkit::{self, Received};
-use paystream_stack::{kafka, wait, StackSettings};
+use paystream_stack::{kafka, StackSettings};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use PaymentResultStatus::{Completed, Failed, FailedTimeout};
 
 /// Budget for settlement to reach an expected state.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Budget for `run` to return after shutdown was requested.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the DLQ reader keeps reading after it has what it expects, to catch extras.
 const DLQ_SETTLE: Duration = Duration::from_secs(1);
 /// Partitions of every results topic in these tests.
@@ -60,15 +58,7 @@ struct Stack {
 /// Kafka, the registry and the wallet database, once each answers (panics naming the
 /// missing one and `dev/up` otherwise).
 async fn stack() -> Stack {
-    let settings = testkit::kafka_stack().await;
-    let registry = RegistryClient::new(&settings.schema_registry_url).expect("registry client");
-    let what = format!("Schema Registry at {}", settings.schema_registry_url);
-    if let Err(not_ready) =
-        wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
-    {
-        panic!("{not_ready}");
-    }
-    let db = testkit::wallet_db(&settings).await;
+    let (settings, db) = common::settlement::stack().await;
     let codec = EventCodec::new(&settings.schema_registry_url).expect("codec");
     let producer = kafka::idempotent_producer(&settings.kafka_bootstrap).create().expect("producer");
     Stack { settings, db, codec, producer }
@@ -121,43 +111,15 @@ impl Payment {
     }
 }
 
-fn money(text: &str) -> Decimal {
-    Decimal::from_str_exact(text).expect("decimal")
-}
-
 /// A user with one wallet holding `deposit`, and one pending payment per amount in
 /// `payments` (reserved out of the deposit), payment i on partition i % PARTITIONS.
 async fn seed_wallet(db: &PgPool, deposit: &str, payments: &[&str]) -> (Uuid, Vec<Payment>) {
-    let user_id = Uuid::new_v4();
-    let wallet_id = Uuid::new_v4();
     let amounts: Vec<Amount> = payments.iter().map(|a| a.parse().expect("amount")).collect();
     let reserved: Decimal = amounts.iter().map(|a| a.to_decimal()).sum();
-    let available = money(deposit) - reserved;
-    assert!(available >= Decimal::ZERO, "the test reserves more than it deposits");
+    assert!(money(deposit) >= reserved, "the test reserves more than it deposits");
 
     let mut tx = db.begin().await.unwrap();
-    sqlx::query("INSERT INTO users (user_id, name, phone) VALUES ($1, 'settlement test', '+70000000000')")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO wallets (wallet_id, user_id, currency, available, reserved) VALUES ($1, $2, 'RUB', $3, $4)",
-    )
-    .bind(wallet_id)
-    .bind(user_id)
-    .bind(available)
-    .bind(reserved)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO deposits (idempotency_key, wallet_id, amount) VALUES ($1, $2, $3)")
-        .bind(testkit::unique("it-deposit"))
-        .bind(wallet_id)
-        .bind(money(deposit))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let (_, wallet_id) = seed_user_wallet(&mut tx, "settlement test", money(deposit), reserved).await;
     let mut seeded = Vec::new();
     for (i, amount) in amounts.into_iter().enumerate() {
         let payment = Payment {
@@ -250,31 +212,6 @@ async fn assert_pending(db: &PgPool, payment: &Payment) {
     );
 }
 
-/// DESIGN.md invariant 1 for one wallet, and the reservation matching the pending payments.
-async fn assert_money_conserved(db: &PgPool, wallet_id: Uuid) {
-    let (available, reserved, deposited, completed, pending): (Decimal, Decimal, Decimal, Decimal, Decimal) =
-        sqlx::query_as(
-            "SELECT w.available, w.reserved,
-                    (SELECT coalesce(sum(amount), 0) FROM deposits d WHERE d.wallet_id = w.wallet_id),
-                    (SELECT coalesce(sum(amount), 0) FROM wallet_transactions t
-                      WHERE t.wallet_id = w.wallet_id AND t.status = 'COMPLETED'),
-                    (SELECT coalesce(sum(amount), 0) FROM wallet_transactions t
-                      WHERE t.wallet_id = w.wallet_id AND t.status = 'PENDING')
-               FROM wallets w WHERE w.wallet_id = $1",
-        )
-        .bind(wallet_id)
-        .fetch_one(db)
-        .await
-        .unwrap();
-    assert_eq!(
-        available + reserved,
-        deposited - completed,
-        "money not conserved in wallet {wallet_id}: available {available} + reserved {reserved} \
-         != deposits {deposited} - completed {completed}"
-    );
-    assert_eq!(reserved, pending, "wallet {wallet_id} reserves {reserved}, its pending payments {pending}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Producing results
 // ---------------------------------------------------------------------------------------
@@ -349,64 +286,43 @@ async fn produce_traced(
 // Running settlement
 // ---------------------------------------------------------------------------------------
 
+/// Settlement in a task, and its counters.
 struct Running {
     metrics: SettlementMetrics,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), SettlementError>>,
+    process: common::settlement::Running<SettlementError>,
 }
 
 fn config(stack: &Stack, topics: &Topics, group: &str) -> SettlementConfig {
-    let metrics = SettlementMetrics::register(&prometheus::Registry::new()).expect("metrics");
-    SettlementConfig {
-        results_topic: topics.results.clone(),
-        dlq_topic: topics.dlq.clone(),
-        group_id: group.to_owned(),
-        ..SettlementConfig::new(&stack.settings, metrics)
-    }
+    settlement_config(&stack.settings, &topics.results, &topics.dlq, group)
 }
 
 fn start(config: SettlementConfig) -> Running {
     let metrics = config.metrics.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(settlement::run(config, async move {
-        // A dropped sender is a shutdown request too.
-        let _ = stopped.await;
-    }));
-    Running { metrics, stop, task }
+    Running {
+        metrics,
+        process: common::settlement::Running::spawn(|shutdown| settlement::run(config, shutdown)),
+    }
 }
 
 impl Running {
     /// Requests shutdown and waits (bounded) for `run` to return.
     async fn stop(self) -> Result<(), SettlementError> {
-        let _ = self.stop.send(());
-        join(self.task).await
+        self.process.stop().await
+    }
+
+    /// Waits (bounded) for `run` to return on its own.
+    async fn join(self) -> Result<(), SettlementError> {
+        common::settlement::Running::join(self.process.task).await
     }
 
     /// Waits until `count` records were processed (the counter moves after each record's
     /// database commit or DLQ acknowledgement), and asserts no more than that were.
     async fn wait_for_records(&mut self, count: u64) {
-        let started = Instant::now();
-        while self.metrics.records_total() < count {
-            if self.task.is_finished() {
-                let ended = (&mut self.task).await;
-                panic!("settlement stopped after {} records: {ended:?}", self.metrics.records_total());
-            }
-            assert!(
-                started.elapsed() < SETTLE_TIMEOUT,
-                "settlement processed {} of {count} records in {SETTLE_TIMEOUT:?}",
-                self.metrics.records_total()
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let metrics = self.metrics.clone();
+        let what = format!("{count} records processed");
+        self.process.wait_until(&what, SETTLE_TIMEOUT, || metrics.records_total() >= count).await;
         assert_eq!(self.metrics.records_total(), count, "more records than produced were processed");
     }
-}
-
-async fn join(task: JoinHandle<Result<(), SettlementError>>) -> Result<(), SettlementError> {
-    tokio::time::timeout(STOP_TIMEOUT, task)
-        .await
-        .unwrap_or_else(|_| panic!("settlement did not return within {STOP_TIMEOUT:?}"))
-        .expect("settlement panicked")
 }
 
 /// Reads the DLQ until `count` letters arrived (and `DLQ_SETTLE` more, to catch extras).
@@ -697,7 +613,7 @@ async fn a_broken_invariant_stops_settlement_without_skipping_the_record() {
 
     let broken = start(config(&stack, &topics, &group));
     let metrics = broken.metrics.clone();
-    let error = join(broken.task).await.expect_err("settlement must stop on a broken invariant");
+    let error = broken.join().await.expect_err("settlement must stop on a broken invariant");
     match &error {
         SettlementError::Consumer(ConsumerError::Handler {
             source: ApplyError::Invariant(detail), ..
@@ -727,7 +643,6 @@ async fn a_broken_invariant_stops_settlement_without_skipping_the_record() {
     assert_money_conserved(&stack.db, wallet_id).await;
 
     repaired.stop().await.expect("a clean stop");
-    let _ = broken.stop.send(());
     topics.delete(&stack).await;
 }
 
@@ -857,7 +772,7 @@ async fn a_result_that_cannot_be_decoded_yet_is_retried_and_never_skipped() {
     };
     let run = start(exhausting);
     let metrics = run.metrics.clone();
-    match join(run.task).await {
+    match run.join().await {
         Err(SettlementError::Consumer(ConsumerError::RetriesExhausted {
             operation: "decode",
             attempts: 4,

@@ -33,9 +33,9 @@ use paystream_schemas::events::{
 };
 use paystream_schemas::{time, Amount};
 use paystream_stack::testkit::{self, consume_until, Received};
+use paystream_topology::ShutdownHandle;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -216,10 +216,10 @@ fn money(text: &str) -> Decimal {
     Decimal::from_str_exact(text).unwrap()
 }
 
-/// Settlement on the test's own results topic, stopped by dropping or sending `stop`.
+/// Settlement on the test's own results topic, stopped by requesting `stop`.
 struct Running {
     metrics: SettlementMetrics,
-    stop: oneshot::Sender<()>,
+    stop: ShutdownHandle,
     task: JoinHandle<Result<(), SettlementError>>,
 }
 
@@ -232,10 +232,8 @@ fn start_settlement(stack: &Stack, stranded: StrandedConfig) -> Running {
         stranded,
         ..SettlementConfig::new(&stack.settings, metrics.clone())
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(settlement::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let stop = ShutdownHandle::new();
+    let task = tokio::spawn(settlement::run(config, stop.clone()));
     Running { metrics, stop, task }
 }
 
@@ -256,7 +254,7 @@ impl Running {
     /// Requests shutdown and waits (bounded) for `run` to return. `run` awaits its stranded scan
     /// before it returns, so a return means the scan has stopped too.
     async fn stop(self) -> Result<(), SettlementError> {
-        let _ = self.stop.send(());
+        self.stop.request();
         tokio::time::timeout(SETTLE_TIMEOUT, self.task)
             .await
             .unwrap_or_else(|_| panic!("settlement did not return within {SETTLE_TIMEOUT:?}"))

@@ -44,8 +44,8 @@
 //!
 //! # Shutdown
 //!
-//! The trigger is a `Future` ([`crate::shutdown`]). When it fires no new record is
-//! started; a record in flight finishes unless it is waiting to retry, in which case it is
+//! The trigger is the process's one stop token, a [`ShutdownHandle`] (the topology runtime's;
+//! the binary's signal handler requests it). When it is requested no new record is started; a record in flight finishes unless it is waiting to retry, in which case it is
 //! left uncommitted; the stored offsets are committed synchronously and the consumer
 //! leaves its group.
 
@@ -54,24 +54,22 @@ pub mod rebalance;
 
 use std::fmt::Display;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use paystream_schemas::{DecodeError, Event, EventCodec};
 use paystream_stack::{kafka, trace};
+use paystream_topology::ShutdownHandle;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::error::SRCError;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::dlq::{DeadLetter, DeadLetterQueue, SourceRecord};
 use crate::retry::{self, Backoff, RetryError, RetryPolicy};
-use crate::shutdown::Shutdown;
 
 pub use metrics::{ConsumerMetrics, Labels};
 use rebalance::{LoopContext, Partition, Partitions, WorkerStart};
@@ -90,9 +88,10 @@ pub const QUEUE_MAX: usize = 256;
 // rebalance timeout (`max.poll.interval.ms`).
 const _: () = assert!(REVOKE_DRAIN_MAX_MS + ABORT_GRACE_MS < MAX_POLL_INTERVAL_MS / 10);
 
-/// The stop signal a worker and its handler watch: the loop's shutdown or the
-/// revocation of the worker's partition, whichever comes first.
-pub type Stop = Shutdown<Pin<Box<dyn Future<Output = ()> + Send>>>;
+/// The stop signal a worker and its handler watch: the worker's own [`ShutdownHandle`],
+/// requested when its partition is revoked or when the loop ends (for a shutdown or an error),
+/// whichever comes first.
+pub type Stop = ShutdownHandle;
 
 /// What one loop consumes and where it sends what it cannot use.
 #[derive(Clone, Debug)]
@@ -115,6 +114,60 @@ pub struct ConsumerConfig {
     pub queue_max: usize,
     /// How long a revocation waits for the records in flight on the revoked partitions.
     pub revoke_drain: Duration,
+}
+
+impl ConsumerConfig {
+    /// The start of `processor`'s loop against Kafka at `kafka_bootstrap` and the registry at
+    /// `schema_registry_url`: every processor on this loop (settlement, the dispatcher's two
+    /// loops, the orders inbox) builds its configuration here, so the deployed bounds
+    /// ([`QUEUE_MAX`], [`REVOKE_DRAIN_MAX_MS`], [`RetryPolicy::default`]) are set in one place.
+    pub fn builder(
+        processor: &'static str,
+        kafka_bootstrap: &str,
+        schema_registry_url: &str,
+    ) -> ConsumerBuilder {
+        ConsumerBuilder(Self {
+            processor,
+            kafka_bootstrap: kafka_bootstrap.to_owned(),
+            schema_registry_url: schema_registry_url.to_owned(),
+            topic: String::new(),
+            dlq_topic: String::new(),
+            group_id: String::new(),
+            retry: RetryPolicy::default(),
+            queue_max: QUEUE_MAX,
+            revoke_drain: Duration::from_millis(REVOKE_DRAIN_MAX_MS),
+        })
+    }
+}
+
+/// A [`ConsumerConfig`] being built ([`ConsumerConfig::builder`]).
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until built or run"]
+pub struct ConsumerBuilder(ConsumerConfig);
+
+impl ConsumerBuilder {
+    /// Reads `topic` as group `group_id`, dead-lettering what cannot be used to `dlq_topic`.
+    pub fn reads(mut self, topic: &str, group_id: &str, dlq_topic: &str) -> Self {
+        (self.0.topic, self.0.group_id, self.0.dlq_topic) = (topic.into(), group_id.into(), dlq_topic.into());
+        self
+    }
+
+    /// Retries transient failures under `retry` instead of the default policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.0.retry = retry;
+        self
+    }
+
+    /// Queues at most `queue_max` records per partition worker instead of [`QUEUE_MAX`].
+    pub fn queue_max(mut self, queue_max: usize) -> Self {
+        self.0.queue_max = queue_max;
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> ConsumerConfig {
+        self.0
+    }
 }
 
 /// What a handler made of one record.
@@ -162,8 +215,8 @@ pub struct Context<'a> {
     pub message: &'a OwnedMessage,
     /// Where it was read.
     pub source: &'a SourceRecord,
-    /// Fires on shutdown or when the record's partition is revoked.
-    pub stop: &'a mut Stop,
+    /// Requested on shutdown or when the record's partition is revoked.
+    pub stop: &'a Stop,
     /// The loop's retry policy, for [`Context::retry`].
     policy: RetryPolicy,
     /// Where [`Context::retry`] counts.
@@ -188,7 +241,7 @@ impl Context<'_> {
         Fut: Future<Output = Result<T, E>>,
     {
         let (metrics, source, processor) = (self.metrics, self.source, self.processor);
-        retry::retry(self.policy, &mut *self.stop, op, is_transient, |error, delay| {
+        retry::retry(self.policy, self.stop, op, is_transient, |error, delay| {
             on_retry(metrics, processor, operation, source, error, delay)
         })
         .await
@@ -275,19 +328,18 @@ pub fn client_config(config: &ConsumerConfig) -> rdkafka::ClientConfig {
     client
 }
 
-/// Runs the loop for `handler` until `shutdown` completes or an error stops it.
+/// Runs the loop for `handler` until `shutdown` is requested or an error stops it.
 pub async fn run<H: Handler>(
     config: ConsumerConfig,
     handler: Arc<H>,
     metrics: ConsumerMetrics,
-    shutdown: impl Future<Output = ()>,
+    shutdown: ShutdownHandle,
 ) -> Result<(), ConsumerError<H::Error>> {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if !multi_thread {
         return Err(ConsumerError::Runtime);
     }
-    let mut shutdown = Shutdown::new(shutdown);
     let codec = EventCodec::new(&config.schema_registry_url).map_err(ConsumerError::Registry)?;
     let dlq = DeadLetterQueue::new(&config.kafka_bootstrap, &config.dlq_topic, config.processor)
         .map_err(ConsumerError::Kafka)?;
@@ -309,13 +361,10 @@ pub async fn run<H: Handler>(
         "consumer started"
     );
 
-    let (stop, stopped) = watch::channel(false);
-    let shared =
-        Arc::new(Shared { config, handler, codec, dlq, metrics, consumer: Arc::new(consumer), stopped });
+    let shared = Arc::new(Shared { config, handler, codec, dlq, metrics, consumer: Arc::new(consumer) });
     let mut workers = JoinSet::new();
-    let consumed = consume(&shared, &partitions, &mut workers, &mut shutdown).await;
+    let consumed = consume(&shared, &partitions, &mut workers, &shutdown).await;
     // Stop every worker (a record in flight finishes first) and collect them.
-    let _ = stop.send(true);
     partitions.clear();
     let drained = join_all(&mut workers).await;
     let processor = shared.config.processor;
@@ -338,24 +387,22 @@ struct Shared<H: Handler> {
     metrics: ConsumerMetrics,
     /// Workers store offsets and commit through it; the loop receives from it.
     consumer: Arc<StreamConsumer<LoopContext>>,
-    /// Turns true when the loop ends: every worker stops.
-    stopped: watch::Receiver<bool>,
 }
 
 type Workers<E> = JoinSet<Result<(), ConsumerError<E>>>;
 
 /// The main loop: receive, route each record to its partition's worker, watch the workers.
-async fn consume<H: Handler, S: Future<Output = ()>>(
+async fn consume<H: Handler>(
     shared: &Arc<Shared<H>>,
     partitions: &Partitions,
     workers: &mut Workers<H::Error>,
-    shutdown: &mut Shutdown<S>,
+    shutdown: &ShutdownHandle,
 ) -> Result<(), ConsumerError<H::Error>> {
     let mut receive_backoff = Backoff::new(shared.config.retry);
     loop {
         let received = tokio::select! {
             biased;
-            () = shutdown.recv() => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
             Some(joined) = workers.join_next() => match joined {
                 // A worker ends early after a revocation (Ok) or with an error.
                 Ok(Ok(())) => continue,
@@ -389,7 +436,7 @@ async fn consume<H: Handler, S: Future<Output = ()>>(
                     "receiving failed; retrying"
                 );
                 tokio::select! {
-                    () = shutdown.recv() => return Ok(()),
+                    () = shutdown.requested() => return Ok(()),
                     () = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -420,7 +467,7 @@ async fn consume<H: Handler, S: Future<Output = ()>>(
         };
         tokio::select! {
             biased;
-            () = shutdown.recv() => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
             sent = queue.send(record) => {
                 if sent.is_err() {
                     // The worker is gone, so it failed: join_next reports its error, and
@@ -481,19 +528,12 @@ async fn worker<H: Handler>(
     shared: Arc<Shared<H>>,
     start: WorkerStart,
 ) -> Result<(), ConsumerError<H::Error>> {
-    let WorkerStart { mut queue, mut revoked, exit: _exit } = start;
-    let mut stopped = shared.stopped.clone();
-    let mut stop: Stop = Shutdown::new(Box::pin(async move {
-        tokio::select! {
-            // A dropped sender means the loop or the partition is going away: stop too.
-            _ = stopped.wait_for(|stop| *stop) => {}
-            _ = revoked.wait_for(|revoked| *revoked) => {}
-        }
-    }));
+    // `stop` is requested by the revocation of the partition or by the loop's end.
+    let WorkerStart { mut queue, stop, exit: _exit } = start;
     loop {
         let record = tokio::select! {
             biased;
-            () = stop.recv() => return Ok(()),
+            () = stop.requested() => return Ok(()),
             record = queue.recv() => match record {
                 Some(record) => record,
                 None => return Ok(()),
@@ -508,7 +548,7 @@ async fn worker<H: Handler>(
             record.key().and_then(|key| std::str::from_utf8(key).ok()).unwrap_or_default(),
             trace::parent_from_kafka(record.headers()),
         );
-        match shared.process(&record, &mut stop).instrument(span).await? {
+        match shared.process(&record, &stop).instrument(span).await? {
             Finished::Done => {
                 shared.store_and_commit(&record);
                 shared.metrics.record_finished();
@@ -520,11 +560,7 @@ async fn worker<H: Handler>(
 
 impl<H: Handler> Shared<H> {
     /// Decodes, handles (with retries) or dead-letters one record.
-    async fn process(
-        &self,
-        record: &OwnedMessage,
-        stop: &mut Stop,
-    ) -> Result<Finished, ConsumerError<H::Error>> {
+    async fn process(&self, record: &OwnedMessage, stop: &Stop) -> Result<Finished, ConsumerError<H::Error>> {
         let source = SourceRecord {
             topic: record.topic().to_owned(),
             partition: record.partition(),
@@ -557,7 +593,7 @@ impl<H: Handler> Shared<H> {
             let mut context = Context {
                 message: record,
                 source: &source,
-                stop: &mut *stop,
+                stop,
                 policy: self.config.retry,
                 metrics,
                 processor,
@@ -586,7 +622,7 @@ impl<H: Handler> Shared<H> {
             };
             on_retry(metrics, processor, operation, &source, &error, delay);
             tokio::select! {
-                () = stop.recv() => return Ok(Finished::Interrupted),
+                () = stop.requested() => return Ok(Finished::Interrupted),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -599,7 +635,7 @@ impl<H: Handler> Shared<H> {
         source: &SourceRecord,
         reason: &str,
         detail: &str,
-        stop: &mut Stop,
+        stop: &Stop,
     ) -> Result<Finished, ConsumerError<H::Error>> {
         let letter = DeadLetter {
             source,
@@ -770,17 +806,24 @@ mod tests {
     }
 
     fn config() -> ConsumerConfig {
-        ConsumerConfig {
-            processor: "test",
-            kafka_bootstrap: "127.0.0.1:9092".into(),
-            schema_registry_url: "http://127.0.0.1:8081/apis/ccompat/v7".into(),
-            topic: "t".into(),
-            dlq_topic: "payments.dlq".into(),
-            group_id: "g".into(),
-            retry: RetryPolicy::default(),
-            queue_max: QUEUE_MAX,
-            revoke_drain: Duration::from_millis(REVOKE_DRAIN_MAX_MS),
-        }
+        ConsumerConfig::builder("test", "127.0.0.1:9092", "http://127.0.0.1:8081/apis/ccompat/v7")
+            .reads("t", "g", "payments.dlq")
+            .build()
+    }
+
+    #[test]
+    fn the_builder_sets_the_deployed_bounds_unless_told_otherwise() {
+        let built = config();
+        assert_eq!(
+            (built.topic.as_str(), built.group_id.as_str(), built.dlq_topic.as_str()),
+            ("t", "g", "payments.dlq")
+        );
+        assert_eq!(built.retry, RetryPolicy::default());
+        assert_eq!(built.queue_max, QUEUE_MAX);
+        assert_eq!(built.revoke_drain, Duration::from_millis(REVOKE_DRAIN_MAX_MS));
+        let retry = RetryPolicy { attempts_max: 3, ..RetryPolicy::default() };
+        let tuned = ConsumerConfig::builder("test", "k", "r").retry(retry).queue_max(7).build();
+        assert_eq!((tuned.retry, tuned.queue_max), (retry, 7));
     }
 
     #[test]
@@ -822,7 +865,7 @@ mod tests {
             Labels { prefix: "paystream_test", reasons: &[], operations: &[] },
         )
         .unwrap();
-        let refused = run(config(), Arc::new(Nothing), metrics, std::future::pending()).await;
+        let refused = run(config(), Arc::new(Nothing), metrics, ShutdownHandle::new()).await;
         assert!(matches!(refused, Err(ConsumerError::Runtime)));
     }
 }

@@ -41,12 +41,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use paystream_topology::ShutdownHandle;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::TopicPartitionList;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::metrics::ConsumerMetrics;
@@ -99,24 +100,31 @@ impl Drop for ExitGuard {
     }
 }
 
-/// A running worker, as the loop and the rebalance callback see it.
+/// A running worker, as the loop and the rebalance callback see it. Dropping it (a revocation,
+/// a replacement, the loop's end) stops the worker.
 struct Worker {
     /// Feeds the worker; dropped to close its queue.
     queue: mpsc::Sender<OwnedMessage>,
-    /// Set to true to stop the worker (its partition was revoked).
-    revoked: watch::Sender<bool>,
+    /// The worker's stop, requested when this entry goes.
+    stop: ShutdownHandle,
     /// Set when the worker has exited.
     exited: Arc<Exited>,
     /// Aborts the worker when it outlasts the drain bound.
     abort: AbortHandle,
 }
 
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.request();
+    }
+}
+
 /// What a new worker needs, handed out by [`Partitions::prepare`].
 pub(crate) struct WorkerStart {
     /// The worker's queue.
     pub queue: mpsc::Receiver<OwnedMessage>,
-    /// Turns true when the partition is revoked.
-    pub revoked: watch::Receiver<bool>,
+    /// Requested when the partition is revoked or the loop ends.
+    pub stop: ShutdownHandle,
     /// Dropped when the worker exits.
     pub exit: ExitGuard,
 }
@@ -124,7 +132,7 @@ pub(crate) struct WorkerStart {
 /// The loop's half of a [`WorkerStart`], kept until the task is spawned.
 pub(crate) struct WorkerSlot {
     queue: mpsc::Sender<OwnedMessage>,
-    revoked: watch::Sender<bool>,
+    stop: ShutdownHandle,
     exited: Arc<Exited>,
 }
 
@@ -168,23 +176,21 @@ impl Partitions {
     /// The channels of a new worker with a queue of `queue_max` records.
     pub fn prepare(queue_max: usize) -> (WorkerSlot, WorkerStart) {
         let (queue_tx, queue_rx) = mpsc::channel(queue_max.max(1));
-        let (revoked_tx, revoked_rx) = watch::channel(false);
+        let stop = ShutdownHandle::new();
         let exited = Arc::new(Exited::default());
-        let slot = WorkerSlot { queue: queue_tx, revoked: revoked_tx, exited: exited.clone() };
-        (slot, WorkerStart { queue: queue_rx, revoked: revoked_rx, exit: ExitGuard(exited) })
+        let slot = WorkerSlot { queue: queue_tx, stop: stop.clone(), exited: exited.clone() };
+        (slot, WorkerStart { queue: queue_rx, stop, exit: ExitGuard(exited) })
     }
 
     /// Records the worker spawned for `partition`, replacing (and stopping) a previous one
     /// that had already exited.
     pub fn insert(&self, partition: Partition, slot: WorkerSlot, abort: AbortHandle) {
-        let worker = Worker { queue: slot.queue, revoked: slot.revoked, exited: slot.exited, abort };
-        if let Some(previous) = self.workers().insert(partition, worker) {
-            let _ = previous.revoked.send(true);
-        }
+        let worker = Worker { queue: slot.queue, stop: slot.stop, exited: slot.exited, abort };
+        // Dropping the previous entry stops its worker.
+        drop(self.workers().insert(partition, worker));
     }
 
-    /// Closes every worker's queue (the loop is ending); the workers stop on the loop's
-    /// own signal.
+    /// Stops every worker and closes its queue (the loop is ending).
     pub fn clear(&self) {
         self.workers().clear();
     }
@@ -208,9 +214,9 @@ impl Partitions {
             .iter()
             .filter_map(|partition| workers.remove(partition).map(|worker| (partition.clone(), worker)))
             .map(|(partition, worker)| {
-                let _ = worker.revoked.send(true);
-                // Dropping `worker.queue` here closes the queue: the worker drops what it holds.
-                (partition, worker.exited, worker.abort)
+                // Dropping `worker` here stops it and closes its queue: the worker drops what it
+                // holds.
+                (partition, worker.exited.clone(), worker.abort.clone())
             })
             .collect()
     }
@@ -350,7 +356,7 @@ mod tests {
         let task = tokio::spawn(async move {
             let _exit = start.exit;
             // Stands for a record in flight: it finishes after the stop, then the worker ends.
-            let _ = start.revoked.wait_for(|revoked| *revoked).await;
+            start.stop.requested().await;
             tokio::task::yield_now().await;
             let closed = start.queue.recv().await.is_none();
             finished_tx.send(closed).unwrap();

@@ -75,7 +75,7 @@ pub mod provider;
 pub mod verify;
 
 use paystream_topology::dlq::truncate;
-use std::future::Future;
+use paystream_topology::ShutdownHandle;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use schema_registry_converter::error::SRCError;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler, Stop};
 use crate::dlq;
@@ -181,27 +181,22 @@ impl DispatcherConfig {
 
     /// The shared loop's part of the configuration.
     pub fn consumer(&self) -> ConsumerConfig {
-        ConsumerConfig {
-            processor: PROCESSOR,
-            kafka_bootstrap: self.kafka_bootstrap.clone(),
-            schema_registry_url: self.schema_registry_url.clone(),
-            topic: self.commands_topic.clone(),
-            dlq_topic: self.dlq_topic.clone(),
-            group_id: self.group_id.clone(),
-            retry: self.retry,
-            queue_max: self.partition_buffer_max,
-            revoke_drain: Duration::from_millis(consumer::REVOKE_DRAIN_MAX_MS),
-        }
+        self.loop_on(&self.commands_topic, &self.group_id)
     }
 
     /// The requests loop's part: the requests topic, in a group of its own (its offsets are
     /// its own progress; sharing the charges' group would rebalance both on either's change).
     pub fn requests_consumer(&self) -> ConsumerConfig {
-        ConsumerConfig {
-            topic: self.requests_topic.clone(),
-            group_id: format!("{}.requests", self.group_id),
-            ..self.consumer()
-        }
+        self.loop_on(&self.requests_topic, &format!("{}.requests", self.group_id))
+    }
+
+    /// Either loop: `topic` read as `group_id`, with this configuration's retries and buffer.
+    fn loop_on(&self, topic: &str, group_id: &str) -> ConsumerConfig {
+        ConsumerConfig::builder(PROCESSOR, &self.kafka_bootstrap, &self.schema_registry_url)
+            .reads(topic, group_id, &self.dlq_topic)
+            .retry(self.retry)
+            .queue_max(self.partition_buffer_max)
+            .build()
     }
 }
 
@@ -266,8 +261,8 @@ impl From<ConsumerError<DispatchError>> for DispatchError {
     }
 }
 
-/// Runs the dispatcher until `shutdown` completes or an error stops it.
-pub async fn run(config: DispatcherConfig, shutdown: impl Future<Output = ()>) -> Result<(), DispatchError> {
+/// Runs the dispatcher until `shutdown` is requested or an error stops it.
+pub async fn run(config: DispatcherConfig, shutdown: ShutdownHandle) -> Result<(), DispatchError> {
     let codec = EventCodec::new(&config.schema_registry_url).map_err(DispatchError::Registry)?;
     let producer: FutureProducer = producer_config(&config).create().map_err(DispatchError::Kafka)?;
     let provider = ProviderClient::new(&config.provider_url, config.connect_timeout, config.request_timeout)
@@ -302,25 +297,24 @@ pub async fn run(config: DispatcherConfig, shutdown: impl Future<Output = ()>) -
         dedup: Mutex::new(DedupWindow::new(dedup_window_max)),
     });
 
-    // One shutdown for both loops; either one stopping with an error stops the other.
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let charges = consumer::run(charges_config, handler, charges_metrics, until_stopped(stopped.clone()));
-    let requests = consumer::run(requests_config, verify, requests_metrics, until_stopped(stopped));
+    // One stop for both loops, requested by the caller's shutdown or by either loop ending
+    // (with an error), so that one stopping stops the other; the caller's handle is only watched.
+    let loops = ShutdownHandle::new();
+    let charges = consumer::run(charges_config, handler, charges_metrics, loops.clone());
+    let requests = consumer::run(requests_config, verify, requests_metrics, loops.clone());
+    let shutdown = shutdown.requested();
     tokio::pin!(charges, requests, shutdown);
     let (charged, asked) = tokio::select! {
         () = &mut shutdown => {
-            let _ = stop.send(true);
+            loops.request();
             tokio::join!(charges, requests)
         }
         charged = &mut charges => {
-            let _ = stop.send(true);
+            loops.request();
             (charged, requests.await)
         }
         asked = &mut requests => {
-            let _ = stop.send(true);
+            loops.request();
             (charges.await, asked)
         }
     };
@@ -451,7 +445,7 @@ impl Dispatch {
 
     /// Calls the provider until it accepts or rejects the charge or the attempts run out;
     /// `None` when the stop signal arrives before an attempt or during a pause.
-    async fn dispatch(&self, command: &ChargeCommand, stop: &mut Stop) -> Option<Verdict> {
+    async fn dispatch(&self, command: &ChargeCommand, stop: &Stop) -> Option<Verdict> {
         let metrics = &self.config.metrics;
         let policy = self.config.http_retry;
         let attempts_max = policy.attempts_max.max(1);
@@ -465,7 +459,7 @@ impl Dispatch {
             let result = {
                 let _permit = tokio::select! {
                     biased;
-                    () = stop.recv() => return None,
+                    () = stop.requested() => return None,
                     // The semaphore is never closed, so acquiring only waits.
                     permit = self.calls.acquire() => permit.ok()?,
                 };
@@ -499,7 +493,7 @@ impl Dispatch {
                 "charge attempt failed; retrying on the same key"
             );
             tokio::select! {
-                () = stop.recv() => return None,
+                () = stop.requested() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
         }

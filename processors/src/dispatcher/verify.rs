@@ -173,7 +173,7 @@ impl Verify {
 
     /// Asks the provider until it decides, the attempts run out or the answer is undecidable;
     /// `None` when the stop signal arrives first.
-    async fn ask(&self, request: &ProviderRequest, stop: &mut Stop) -> Option<(DispatchResult, u32, String)> {
+    async fn ask(&self, request: &ProviderRequest, stop: &Stop) -> Option<(DispatchResult, u32, String)> {
         let policy = self.dispatch.config.http_retry;
         let metrics = &self.dispatch.config.metrics;
         let attempts_max = policy.attempts_max.max(1);
@@ -183,7 +183,7 @@ impl Verify {
             let reading = {
                 let _permit = tokio::select! {
                     biased;
-                    () = stop.recv() => return None,
+                    () = stop.requested() => return None,
                     // The semaphore is never closed, so acquiring only waits.
                     permit = self.dispatch.calls.acquire() => permit.ok()?,
                 };
@@ -213,7 +213,7 @@ impl Verify {
                 "provider request failed; retrying"
             );
             tokio::select! {
-                () = stop.recv() => return None,
+                () = stop.requested() => return None,
                 () = tokio::time::sleep(delay) => {}
             }
         }

@@ -11,11 +11,13 @@
 //!   so a copy Debezium redelivers carries the id the orders service deduplicates by.
 //!
 //! The event is encoded before settlement's transaction takes its locks (a registry round trip
-//! on first use), from the result and the inbox row; both are fixed by then.
+//! on first use), from the result and the inbox row; both are fixed by then. The inbox's own
+//! at-once refusals ([`super::inbox`]) are built and written by the same [`Answer::failed`] and
+//! [`Answer::write_event`].
 
 use paystream_schemas::codec::EncodeError;
-use paystream_schemas::events::{OrderFailureReason, OrderPaid, OrderPaymentFailed, PaymentResult};
-use paystream_schemas::{time, Event, EventCodec};
+use paystream_schemas::events::{OrderFailureReason, OrderPaid, OrderPaymentFailed, PayOrder, PaymentResult};
+use paystream_schemas::{time, Amount, Event, EventCodec};
 use paystream_wallet::outbox::{self, OutboxRow};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -77,6 +79,89 @@ const SELECT_ORDER: &str = "
       FROM order_inbox i JOIN wallets w ON w.wallet_id = i.wallet_id
      WHERE i.payment_id = $1 AND i.outcome = 'RESERVED'";
 
+/// The order an answer is for: its id (the record key), the command that opened it and the
+/// payment.
+#[derive(Clone, Copy, Debug)]
+pub struct OrderRef<'a> {
+    pub order_id: &'a str,
+    pub command_id: Uuid,
+    pub payment_id: Uuid,
+}
+
+impl<'a> OrderRef<'a> {
+    /// The order `command` opens (its payment id derived from the order id).
+    pub fn of(command: &'a PayOrder) -> Self {
+        let payment_id = PayOrder::payment_id_for(&command.order_id);
+        Self { order_id: &command.order_id, command_id: command.command_id, payment_id }
+    }
+}
+
+impl Answer {
+    /// The order's `OrderPaid`, encoded, for `topic`.
+    pub async fn paid(
+        codec: &EventCodec,
+        order: OrderRef<'_>,
+        wallet_id: Uuid,
+        amount: Amount,
+        currency: String,
+        topic: &str,
+    ) -> Result<Self, EncodeError> {
+        let event = OrderPaid {
+            event_id: OrderPaid::id_for(order.order_id),
+            order_id: order.order_id.to_owned(),
+            command_id: order.command_id,
+            payment_id: order.payment_id,
+            wallet_id,
+            amount,
+            currency,
+            paid_at: time::now(),
+        };
+        Self::encoded(codec, &event, event.event_id, order, topic, "PAID").await
+    }
+
+    /// The order's `OrderPaymentFailed`, encoded, for `topic`: the one way a failure is written,
+    /// whether the inbox refuses the command at once or settlement applies a failed payment.
+    pub async fn failed(
+        codec: &EventCodec,
+        order: OrderRef<'_>,
+        amount: Option<Amount>,
+        reason: OrderFailureReason,
+        detail: String,
+        topic: &str,
+    ) -> Result<Self, EncodeError> {
+        let event = OrderPaymentFailed {
+            event_id: OrderPaymentFailed::id_for(order.order_id),
+            order_id: order.order_id.to_owned(),
+            command_id: order.command_id,
+            payment_id: order.payment_id,
+            amount,
+            reason,
+            detail,
+            failed_at: time::now(),
+        };
+        Self::encoded(codec, &event, event.event_id, order, topic, "FAILED").await
+    }
+
+    async fn encoded<E: Event>(
+        codec: &EventCodec,
+        event: &E,
+        event_id: Uuid,
+        order: OrderRef<'_>,
+        topic: &str,
+        answer: &'static str,
+    ) -> Result<Self, EncodeError> {
+        let event_type = if answer == "PAID" { ORDER_PAID_TYPE } else { ORDER_PAYMENT_FAILED_TYPE };
+        Ok(Self {
+            order_id: order.order_id.to_owned(),
+            answer,
+            event_id,
+            topic: topic.to_owned(),
+            event_type,
+            payload: codec.encode(event).await?,
+        })
+    }
+}
+
 /// Prepares the answers of orders for settlement.
 pub struct Answers {
     pool: PgPool,
@@ -94,53 +179,25 @@ impl Answers {
         let row: Option<OrderRow> =
             sqlx::query_as(SELECT_ORDER).bind(result.payment_id).fetch_optional(&self.pool).await?;
         let Some(order) = row else { return Ok(None) };
-        let now = time::now();
+        let to = OrderRef {
+            order_id: &order.order_id,
+            command_id: order.command_id,
+            payment_id: result.payment_id,
+        };
         // By symbol, so that a status added to PaymentResult later answers as a failure only
         // once it is named here (until then: no answer, and settlement's own rules apply).
         let reason = match result.status.symbol() {
             "COMPLETED" => {
-                let event = OrderPaid {
-                    event_id: OrderPaid::id_for(&order.order_id),
-                    order_id: order.order_id.clone(),
-                    command_id: order.command_id,
-                    payment_id: result.payment_id,
-                    wallet_id: result.wallet_id,
-                    amount: result.amount,
-                    currency: order.currency,
-                    paid_at: now,
-                };
-                return Ok(Some(
-                    self.encode(&event, event.event_id, order.order_id, order.paid_topic, "PAID").await?,
-                ));
+                let (wallet, amount, topic) = (result.wallet_id, result.amount, &order.paid_topic);
+                return Ok(Some(Answer::paid(&self.codec, to, wallet, amount, order.currency, topic).await?));
             }
             "FAILED" => OrderFailureReason::PaymentFailed,
             "FAILED_TIMEOUT" => OrderFailureReason::PaymentTimedOut,
             "CANCELED" => OrderFailureReason::PaymentCanceled,
             _ => return Ok(None),
         };
-        let event = OrderPaymentFailed {
-            event_id: OrderPaymentFailed::id_for(&order.order_id),
-            order_id: order.order_id.clone(),
-            command_id: order.command_id,
-            payment_id: result.payment_id,
-            amount: Some(result.amount),
-            reason,
-            detail: result.reason.clone(),
-            failed_at: now,
-        };
-        Ok(Some(self.encode(&event, event.event_id, order.order_id, order.failed_topic, "FAILED").await?))
-    }
-
-    async fn encode<E: Event>(
-        &self,
-        event: &E,
-        event_id: Uuid,
-        order_id: String,
-        topic: String,
-        answer: &'static str,
-    ) -> Result<Answer, EncodeError> {
-        let event_type = if answer == "PAID" { ORDER_PAID_TYPE } else { ORDER_PAYMENT_FAILED_TYPE };
-        Ok(Answer { order_id, answer, event_id, topic, event_type, payload: self.codec.encode(event).await? })
+        let (amount, detail, topic) = (Some(result.amount), result.reason.clone(), &order.failed_topic);
+        Ok(Some(Answer::failed(&self.codec, to, amount, reason, detail, topic).await?))
     }
 }
 
@@ -158,6 +215,12 @@ impl Answer {
             tracing::warn!(order_id = %self.order_id, "order already answered; no second answer written");
             return Ok(false);
         }
+        self.write_event(tx).await?;
+        Ok(true)
+    }
+
+    /// Writes the event into the outbox, in `tx` (the caller has marked the order answered).
+    pub async fn write_event(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
         // The answer joins the trace of the work that writes it (the inbox record's span for a
         // refusal, settlement's for a result); a fresh context when traces are not exported.
         let traceparent = paystream_stack::trace::traceparent_of(&tracing::Span::current())
@@ -173,7 +236,6 @@ impl Answer {
                 traceparent: &traceparent,
             },
         )
-        .await?;
-        Ok(true)
+        .await
     }
 }

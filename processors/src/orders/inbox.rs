@@ -16,14 +16,14 @@
 //! same one.
 
 use paystream_schemas::codec::EncodeError;
-use paystream_schemas::events::{OrderFailureReason, OrderPaymentFailed, PayOrder, PaymentInitiated};
+use paystream_schemas::events::{OrderFailureReason, PayOrder, PaymentInitiated};
 use paystream_schemas::{time, Amount, EventCodec};
 use paystream_wallet::outbox::{self, OutboxRow};
 use paystream_wallet::{self as wallet, NewPayment, Opened, Refusal, WalletError};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::answer::ORDER_PAYMENT_FAILED_TYPE;
+use super::answer::{Answer, OrderRef};
 use super::OrderTopics;
 
 /// The payment kind an order's payment gets (one of the API's `PAYMENT_KINDS`).
@@ -224,22 +224,14 @@ async fn recorded(pool: &PgPool, command: &PayOrder) -> Result<Option<Uuid>, sql
 }
 
 /// The encoded `OrderPaymentFailed` of `command` for `refused`.
-async fn failure_payload(
+async fn failure_answer(
     codec: &EventCodec,
+    topics: &OrderTopics,
     command: &PayOrder,
     refused: &Refused,
-) -> Result<(Uuid, Vec<u8>), EncodeError> {
-    let event = OrderPaymentFailed {
-        event_id: OrderPaymentFailed::id_for(&command.order_id),
-        order_id: command.order_id.clone(),
-        command_id: command.command_id,
-        payment_id: PayOrder::payment_id_for(&command.order_id),
-        amount: refused.amount,
-        reason: refused.reason,
-        detail: refused.detail.clone(),
-        failed_at: time::now(),
-    };
-    Ok((event.event_id, codec.encode(&event).await?))
+) -> Result<Answer, EncodeError> {
+    let (order, detail) = (OrderRef::of(command), refused.detail.clone());
+    Answer::failed(codec, order, refused.amount, refused.reason, detail, &topics.failed).await
 }
 
 /// Inserts the inbox row; false when the command or its order was recorded first.
@@ -270,28 +262,6 @@ async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Writes an `OrderPaymentFailed` into the outbox.
-async fn write_failure(
-    tx: &mut Transaction<'_, Postgres>,
-    topics: &OrderTopics,
-    command: &PayOrder,
-    (event_id, payload): &(Uuid, Vec<u8>),
-) -> Result<(), sqlx::Error> {
-    let traceparent = outbox::new_traceparent();
-    outbox::write(
-        tx,
-        &OutboxRow {
-            id: *event_id,
-            topic: &topics.failed,
-            key: &command.order_id,
-            event_type: ORDER_PAYMENT_FAILED_TYPE,
-            payload,
-            traceparent: &traceparent,
-        },
-    )
-    .await
-}
-
 /// Records a refused command and its answer.
 async fn refuse(
     pool: &PgPool,
@@ -300,13 +270,13 @@ async fn refuse(
     command: &PayOrder,
     refused: &Refused,
 ) -> Result<Recorded, InboxError> {
-    let failure = failure_payload(codec, command, refused).await?;
+    let failure = failure_answer(codec, topics, command, refused).await?;
     let mut tx = pool.begin().await?;
     if !insert(&mut tx, topics, command, refused.wallet_id, refused.amount, Some(refused)).await? {
         tx.rollback().await?;
         return duplicate(pool, command).await;
     }
-    write_failure(&mut tx, topics, command, &failure).await?;
+    failure.write_event(&mut tx).await?;
     tx.commit().await?;
     Ok(Recorded::Refused(refused.reason))
 }
@@ -369,14 +339,14 @@ async fn open(
                 wallet_id: Some(wallet.wallet_id),
                 amount: Some(amount),
             };
-            let failure = failure_payload(codec, command, &refused).await?;
+            let failure = failure_answer(codec, topics, command, &refused).await?;
             sqlx::query(MARK_REFUSED)
                 .bind(&command.order_id)
                 .bind(refused.reason.symbol())
                 .bind(&refused.detail)
                 .execute(&mut *tx)
                 .await?;
-            write_failure(&mut tx, topics, command, &failure).await?;
+            failure.write_event(&mut tx).await?;
             tx.commit().await?;
             return Ok(Some(Recorded::Refused(refused.reason)));
         }

@@ -34,7 +34,6 @@ pub mod answer;
 pub mod client;
 pub mod inbox;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +42,7 @@ use paystream_schemas::EventCodec;
 use paystream_stack::postgres;
 use paystream_stack::wait::NotReady;
 use paystream_stack::StackSettings;
+use paystream_topology::ShutdownHandle;
 use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::PgPool;
 
@@ -188,17 +188,10 @@ impl OrdersConfig {
 
     /// The shared loop's part of the configuration.
     pub fn consumer(&self) -> ConsumerConfig {
-        ConsumerConfig {
-            processor: PROCESSOR,
-            kafka_bootstrap: self.kafka_bootstrap.clone(),
-            schema_registry_url: self.schema_registry_url.clone(),
-            topic: self.commands_topic.clone(),
-            dlq_topic: self.dlq_topic.clone(),
-            group_id: self.group_id.clone(),
-            retry: self.retry,
-            queue_max: consumer::QUEUE_MAX,
-            revoke_drain: Duration::from_millis(consumer::REVOKE_DRAIN_MAX_MS),
-        }
+        ConsumerConfig::builder(PROCESSOR, &self.kafka_bootstrap, &self.schema_registry_url)
+            .reads(&self.commands_topic, &self.group_id, &self.dlq_topic)
+            .retry(self.retry)
+            .build()
     }
 }
 
@@ -213,8 +206,8 @@ pub enum OrdersError {
     Consumer(#[from] ConsumerError<InboxError>),
 }
 
-/// Runs the inbox consumer until `shutdown` completes or an error stops it.
-pub async fn run(config: OrdersConfig, shutdown: impl Future<Output = ()>) -> Result<(), OrdersError> {
+/// Runs the inbox consumer until `shutdown` is requested or an error stops it.
+pub async fn run(config: OrdersConfig, shutdown: ShutdownHandle) -> Result<(), OrdersError> {
     let pool = postgres::connect(&config.wallet_db_url, config.startup_timeout).await?;
     let codec = EventCodec::new(&config.schema_registry_url)
         .map_err(|e| OrdersError::Consumer(ConsumerError::Registry(e)))?;

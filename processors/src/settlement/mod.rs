@@ -31,7 +31,6 @@ pub mod apply;
 pub mod metrics;
 pub mod stranded;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use paystream_schemas::events::{topics, PaymentResult};
 use paystream_stack::postgres;
 use paystream_stack::wait::NotReady;
 use paystream_stack::StackSettings;
+use paystream_topology::ShutdownHandle;
 use sqlx::PgPool;
 
 use crate::consumer::{self, ConsumerConfig, ConsumerError, Context, Handled, Handler};
@@ -103,17 +103,10 @@ impl SettlementConfig {
 
     /// The shared loop's part of the configuration.
     pub fn consumer(&self) -> ConsumerConfig {
-        ConsumerConfig {
-            processor: PROCESSOR,
-            kafka_bootstrap: self.kafka_bootstrap.clone(),
-            schema_registry_url: self.schema_registry_url.clone(),
-            topic: self.results_topic.clone(),
-            dlq_topic: self.dlq_topic.clone(),
-            group_id: self.group_id.clone(),
-            retry: self.retry,
-            queue_max: consumer::QUEUE_MAX,
-            revoke_drain: Duration::from_millis(consumer::REVOKE_DRAIN_MAX_MS),
-        }
+        ConsumerConfig::builder(PROCESSOR, &self.kafka_bootstrap, &self.schema_registry_url)
+            .reads(&self.results_topic, &self.group_id, &self.dlq_topic)
+            .retry(self.retry)
+            .build()
     }
 }
 
@@ -131,31 +124,25 @@ pub enum SettlementError {
     Consumer(#[from] ConsumerError<ApplyError>),
 }
 
-/// Runs settlement until `shutdown` completes or an error stops it.
+/// Runs settlement until `shutdown` is requested or an error stops it.
 ///
 /// On shutdown the records in flight are finished (applied or dead-lettered, and their
 /// offsets stored) unless they are waiting to retry, in which case they are left
 /// uncommitted; then the stored offsets are committed synchronously and the consumer
 /// leaves its group.
-pub async fn run(
-    config: SettlementConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SettlementError> {
+pub async fn run(config: SettlementConfig, shutdown: ShutdownHandle) -> Result<(), SettlementError> {
     let pool = postgres::connect(&config.wallet_db_url, config.startup_timeout).await?;
-    // The scan stops when the loop returns, for a shutdown or an error: a dropped sender
-    // completes its stop future.
-    let (stop_scan, scan_stopped) = tokio::sync::oneshot::channel::<()>();
-    let scan = tokio::spawn(stranded::watch(pool.clone(), config.stranded, config.metrics.clone(), async {
-        let _ = scan_stopped.await;
-    }));
     // Orders' answers are encoded with the registry, before the result's transaction.
-    let codec = match EventCodec::new(&config.schema_registry_url) {
-        Ok(codec) => codec,
-        Err(error) => {
-            drop(stop_scan);
-            return Err(SettlementError::Consumer(ConsumerError::Registry(error)));
-        }
-    };
+    let codec = EventCodec::new(&config.schema_registry_url)
+        .map_err(|error| SettlementError::Consumer(ConsumerError::Registry(error)))?;
+    // The scan stops when the loop returns, for a shutdown or an error.
+    let stop_scan = ShutdownHandle::new();
+    let scan = tokio::spawn(stranded::watch(
+        pool.clone(),
+        config.stranded,
+        config.metrics.clone(),
+        stop_scan.clone(),
+    ));
     let handler = Arc::new(Settle {
         pool: pool.clone(),
         metrics: config.metrics.clone(),
@@ -163,7 +150,7 @@ pub async fn run(
     });
     let consumed =
         consumer::run(config.consumer(), handler, config.metrics.consumer().clone(), shutdown).await;
-    drop(stop_scan);
+    stop_scan.request();
     if let Err(error) = scan.await {
         tracing::error!(%error, "the scan for stranded reservations panicked");
     }

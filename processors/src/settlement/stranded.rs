@@ -38,10 +38,10 @@
 //! the remedy when it is not. Every settlement instance reports the same global figures (take
 //! `max` across instances, not `sum`).
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use paystream_topology::ShutdownHandle;
 use prometheus::{IntGauge, Registry};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -275,20 +275,14 @@ pub async fn refresh(db: &PgPool, config: StrandedConfig, metrics: &SettlementMe
     }
 }
 
-/// Keeps the gauges current until `stop` completes: a scan at once, then one per interval
+/// Keeps the gauges current until `stop` is requested: a scan at once, then one per interval
 /// (a late tick is delayed, never bunched).
-pub async fn watch(
-    db: PgPool,
-    config: StrandedConfig,
-    metrics: SettlementMetrics,
-    stop: impl Future<Output = ()>,
-) {
-    let mut stop = std::pin::pin!(stop);
+pub async fn watch(db: PgPool, config: StrandedConfig, metrics: SettlementMetrics, stop: ShutdownHandle) {
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = &mut stop => return,
+            () = stop.requested() => return,
             _ = ticks.tick() => refresh(&db, config, &metrics).await,
         }
     }

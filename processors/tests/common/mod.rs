@@ -1,7 +1,10 @@
 //! The saga's real-stack set-up, shared by the saga test binaries: per-test topics
 //! (`SagaTopics::prefixed`), a producer writing through the registry, the saga and the timer
-//! processor started on the real runtime, and readers of their outputs.
+//! processor started on the real runtime, and readers of their outputs; and [`settlement`]'s
+//! fixture, for the binaries that run settlement.
 #![allow(dead_code)]
+
+pub mod settlement;
 
 use std::time::{Duration, Instant};
 
@@ -43,14 +46,7 @@ impl Stack {
     pub async fn new() -> Self {
         let settings = testkit::kafka_stack().await;
         let codec = EventCodec::new(&settings.schema_registry_url).expect("codec");
-        let registry =
-            paystream_schemas::registry::RegistryClient::new(&settings.schema_registry_url).unwrap();
-        let what = format!("Schema Registry at {}", settings.schema_registry_url);
-        if let Err(not_ready) =
-            wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
-        {
-            panic!("{not_ready}");
-        }
+        registry_ready(&settings).await;
         let base = unique("it.saga");
         let topics = SagaTopics::prefixed(&base);
         let specs: Vec<TopicSpec> = [
@@ -204,6 +200,18 @@ impl Stack {
         ];
         let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let _ = paystream_stack::kafka::delete_topics(&self.settings.kafka_bootstrap, &names).await;
+    }
+}
+
+/// Waits (bounded) until the Schema Registry answers, panicking with what is missing otherwise.
+pub async fn registry_ready(settings: &StackSettings) {
+    let registry = paystream_schemas::registry::RegistryClient::new(&settings.schema_registry_url)
+        .expect("registry client");
+    let what = format!("Schema Registry at {}", settings.schema_registry_url);
+    if let Err(not_ready) =
+        wait::until_ready(what, testkit::STACK_TIMEOUT, || registry.global_compatibility()).await
+    {
+        panic!("{not_ready}");
     }
 }
 
