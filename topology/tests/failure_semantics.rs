@@ -17,8 +17,11 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{counting, fill_changelog, to_bytes, utf8};
-use paystream_stack::kafka::{idempotent_producer, TopicSpec};
+use common::{
+    assert_exactly_once, counting, fill_changelog, init_tracing, producer, start_running, to_bytes,
+    total_reached, utf8, wait_for, TestTopics, OUTPUT_TIMEOUT, RUNNING_TIMEOUT,
+};
+use paystream_stack::kafka::TopicSpec;
 use paystream_stack::settings::StackSettings;
 use paystream_stack::testkit::{self, consume_until, unique, Received};
 use paystream_topology::runtime::faults::{
@@ -36,13 +39,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// How long a test waits for the runtime to join its group and restore.
-const RUNNING_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a test waits for expected output, or for a store to catch up with its changelog.
-const OUTPUT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Extra polling after the expected output, to catch duplicates that arrive late.
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long a child process may take to stop after SIGTERM.
@@ -58,40 +57,32 @@ struct App {
     output: String,
     app: String,
     partitions: i32,
+    harness: TestTopics,
 }
 
 impl App {
     async fn new(prefix: &str, partitions: i32) -> Self {
         // RUST_LOG=paystream_topology=info shows what the runtime did about each fault.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        let settings = testkit::kafka_stack().await;
-        let base = unique(&format!("it.topology.fail.{prefix}"));
-        let app = App {
-            input: format!("{base}.in"),
-            output: format!("{base}.out"),
-            app: base.replace('.', "-"),
-            partitions,
-            settings,
-        };
-        paystream_stack::kafka::ensure_topics(
-            &app.settings.kafka_bootstrap,
-            &[TopicSpec::new(&app.input, partitions), TopicSpec::new(&app.output, partitions)],
+        init_tracing();
+        let harness = TestTopics::create(
+            &format!("it.topology.fail.{prefix}"),
+            &[("in", partitions), ("out", partitions)],
         )
-        .await
-        .expect("creating test topics");
-        app
+        .await;
+        App {
+            input: harness.name("in"),
+            output: harness.name("out"),
+            app: harness.app.clone(),
+            partitions,
+            settings: harness.settings.clone(),
+            harness,
+        }
     }
 
     /// A configuration for instance `instance` (so the test knows its `transactional.id`).
     fn config(&self, state_dir: &Path, instance: &str) -> StreamsConfig {
-        let mut config = StreamsConfig::new(&self.app, &self.settings.kafka_bootstrap, state_dir);
+        let mut config = self.harness.config(state_dir);
         config.instance_id = Some(instance.to_string());
-        config.session_timeout = Duration::from_secs(6);
         config
     }
 
@@ -105,10 +96,6 @@ impl App {
         topics.extend(changelogs.iter().map(String::as_str));
         testkit::delete_topics(&self.settings, &topics).await;
     }
-}
-
-fn producer(settings: &StackSettings) -> BaseProducer {
-    idempotent_producer(&settings.kafka_bootstrap).create().expect("producer")
 }
 
 /// Sends `per_key` rounds over `keys` keys; `expected` counts what each key should reach.
@@ -126,40 +113,6 @@ fn feed(app: &App, keys: usize, per_key: usize, expected: &mut BTreeMap<String, 
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(10)).expect("flush");
-}
-
-/// Waits for `condition`, polling; panics naming `what` after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < timeout, "gave up after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_running(streams: &Streams) {
-    wait_for("the runtime to be RUNNING", RUNNING_TIMEOUT, || {
-        assert!(!streams.is_finished(), "the runtime stopped before running");
-        streams.state() == StreamsState::Running
-    });
-}
-
-fn total_reached(expected: usize) -> impl Fn(&[Received]) -> bool {
-    move |r: &[Received]| r.len() >= expected
-}
-
-/// Every key has exactly the outputs 1..=n: no duplicate, no gap.
-fn assert_exactly_once(records: &[Received], expected: &BTreeMap<String, u64>) {
-    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in records {
-        let key = String::from_utf8(r.key.clone().expect("keyed output")).expect("utf-8 key");
-        by_key.entry(key).or_default().push(r.value_str().parse().expect("a count"));
-    }
-    for (key, n) in expected {
-        let want: Vec<u64> = (1..=*n).collect();
-        assert_eq!(by_key.get(key), Some(&want), "key {key}: outputs must be exactly 1..={n}");
-    }
-    assert_eq!(by_key.len(), expected.len(), "no output for a key never sent");
 }
 
 /// The changelog reader's context: the end of a partition is how it knows it is done, not an
@@ -270,8 +223,7 @@ async fn commit_fault_keeps_exactly_once(prefix: &str, faults: &[CommitFault], o
     let state = tempfile::tempdir().unwrap();
     let config = app.config(state.path(), "a");
     let transactional_id = config.transactional_id();
-    let streams = Streams::start(counting(&app.input, &app.output), config).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), config);
     let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
     let mut expected = BTreeMap::new();
     feed(&app, 10, 3, &mut expected);
@@ -426,8 +378,7 @@ async fn unjudgeable_commit_is_restored(prefix: &str, fault: CommitFault) {
     let state = tempfile::tempdir().unwrap();
     let config = app.config(state.path(), "a");
     let transactional_id = config.transactional_id();
-    let streams = Streams::start(tick_counter(&app.input, &app.output), config).unwrap();
-    wait_running(&streams);
+    let streams = start_running(tick_counter(&app.input, &app.output), config);
     let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
     let mut seen = consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(5));
     arm_commit_fault(&transactional_id, fault);
@@ -493,8 +444,7 @@ async fn revoke_with_a_failing_commit(prefix: &str, fault: CommitFault) {
     let mut config_a = app.config(state_a.path(), "a");
     config_a.commit_interval = NEVER;
     let transactional_id = config_a.transactional_id();
-    let a = Streams::start(counting(&app.input, &app.output), config_a).unwrap();
-    wait_running(&a);
+    let a = start_running(counting(&app.input, &app.output), config_a);
     let mut expected = BTreeMap::new();
     feed(&app, 40, 2, &mut expected);
     // Processed and produced, not committed: the revoke's commit is the first.
@@ -552,8 +502,7 @@ async fn restore_through(
     let app = App::new(prefix, 1).await;
     // A first run creates the changelog (with the configuration the runtime checks).
     let first = tempfile::tempdir().unwrap();
-    let streams = Streams::start(counting(&app.input, &app.output), app.config(first.path(), "a")).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), app.config(first.path(), "a"));
     streams.close().unwrap();
     fill_changelog(&app.settings, &app.changelog("counts"), 0, RESTORED_RECORDS);
     let mut expected = BTreeMap::new();
@@ -565,8 +514,7 @@ async fn restore_through(
     for fault in faults {
         arm_restore_fault(&transactional_id, *fault);
     }
-    let streams = Streams::start(counting(&app.input, &app.output), config).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), config);
     assert_eq!(armed_restore_faults(&transactional_id), 0, "every fault struck the restore");
     let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
     let seen = consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(10));
@@ -928,8 +876,7 @@ async fn start_raises_a_too_short_tombstone_retention_and_keeps_the_other_settin
     .await
     .expect("creating a changelog with a short tombstone retention");
     let state = tempfile::tempdir().unwrap();
-    let streams = Streams::start(counting(&app.input, &app.output), app.config(state.path(), "a")).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), app.config(state.path(), "a"));
     streams.close().unwrap();
 
     let admin: AdminClient<DefaultClientContext> =
@@ -970,8 +917,7 @@ async fn a_checkpoint_older_than_the_tombstone_retention_allows_is_rebuilt_from_
         store.write_batch(&mut std::iter::once((&b"ghost"[..], Some(&b"1"[..])))).unwrap();
         store.sync().unwrap();
     }
-    let streams = Streams::start(counting(&app.input, &app.output), app.config(state.path(), "a")).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), app.config(state.path(), "a"));
     let query = streams.store("counts").unwrap();
     assert_eq!(query.get(b"ghost").unwrap(), Some(b"1".to_vec()), "a fresh checkpoint is trusted");
     assert_eq!(streams.metrics().restore_records.with_label_values(&["counts"]).get(), 0);
@@ -986,8 +932,7 @@ async fn a_checkpoint_older_than_the_tombstone_retention_allows_is_rebuilt_from_
         .expect("the checkpoint")
         .set_modified(aged)
         .unwrap();
-    let streams = Streams::start(counting(&app.input, &app.output), app.config(state.path(), "a")).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&app.input, &app.output), app.config(state.path(), "a"));
     let query = streams.store("counts").unwrap();
     assert_eq!(query.get(b"ghost").unwrap(), None, "the store was rebuilt, not trusted");
     assert_counts(&[&streams], &expected);

@@ -13,22 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{to_bytes, utf8};
-use paystream_stack::kafka::{idempotent_producer, read_committed_consumer, TopicSpec};
+use common::{producer, to_bytes, total_reached, utf8, wait_running, TestTopics, OUTPUT_TIMEOUT};
+use paystream_stack::kafka::read_committed_consumer;
 use paystream_stack::settings::StackSettings;
-use paystream_stack::testkit::{self, consume_until, unique, Received};
-use paystream_topology::runtime::StreamsState;
+use paystream_stack::testkit::{self, consume_until, Received};
 use paystream_topology::{
     ProcessError, Processor, ProcessorContext, Record, Streams, StreamsConfig, Topology,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// How long a test waits for the runtime to join its group.
-const RUNNING_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a test waits for expected output.
-const OUTPUT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Extra polling after the expected output, to catch duplicates.
 const SETTLE: Duration = Duration::from_secs(2);
 /// How long a test waits for a crashed instance's thread to end.
@@ -74,26 +69,22 @@ struct App {
     b: String,
     output: String,
     app: String,
+    harness: TestTopics,
 }
 
 impl App {
     async fn new(prefix: &str) -> Self {
-        let settings = testkit::kafka_stack().await;
-        let base = unique(&format!("it.topology.order.{prefix}"));
-        let app = App {
-            a: format!("{base}.a"),
-            b: format!("{base}.b"),
-            output: format!("{base}.out"),
-            app: base.replace('.', "-"),
-            settings,
-        };
-        paystream_stack::kafka::ensure_topics(
-            &app.settings.kafka_bootstrap,
-            &[TopicSpec::new(&app.a, 1), TopicSpec::new(&app.b, 1), TopicSpec::new(&app.output, 1)],
-        )
-        .await
-        .expect("creating test topics");
-        app
+        let harness =
+            TestTopics::create(&format!("it.topology.order.{prefix}"), &[("a", 1), ("b", 1), ("out", 1)])
+                .await;
+        App {
+            a: harness.name("a"),
+            b: harness.name("b"),
+            output: harness.name("out"),
+            app: harness.app.clone(),
+            settings: harness.settings.clone(),
+            harness,
+        }
     }
 
     /// Sources `a` and `b` → `tag` → `out`: one task reading two topics.
@@ -118,16 +109,14 @@ impl App {
     }
 
     fn config(&self, state_dir: &Path) -> StreamsConfig {
-        let mut config = StreamsConfig::new(&self.app, &self.settings.kafka_bootstrap, state_dir);
+        let mut config = self.harness.config(state_dir);
         config.instance_id = Some("one".to_string());
-        config.session_timeout = Duration::from_secs(6);
         config
     }
 
     /// Sends `count` records labelled `<prefix><i>` to `topic`, timestamps `first_ms + i * step_ms`.
     fn send(&self, topic: &str, prefix: &str, count: i64, first_ms: i64, step_ms: i64) {
-        let producer: BaseProducer =
-            idempotent_producer(&self.settings.kafka_bootstrap).create().expect("producer");
+        let producer = producer(&self.settings);
         for i in 0..count {
             let value = format!("{prefix}{i}");
             producer
@@ -158,25 +147,9 @@ fn parse(record: &Received) -> (String, i64, i64) {
     (label, timestamp, processed)
 }
 
-fn wait_running(streams: &Streams) {
-    let started = Instant::now();
-    while streams.state() != StreamsState::Running {
-        assert!(!streams.is_finished(), "the runtime stopped before running");
-        assert!(
-            started.elapsed() < RUNNING_TIMEOUT,
-            "runtime not RUNNING after {RUNNING_TIMEOUT:?}: {:?}",
-            streams.state()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn outputs(app: &App, count: usize) -> Vec<(String, i64, i64)> {
     let reader = testkit::consumer(&app.settings, &app.output, "read_committed");
-    consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, move |r: &[Received]| r.len() >= count)
-        .iter()
-        .map(parse)
-        .collect()
+    consume_until(&reader, OUTPUT_TIMEOUT, SETTLE, total_reached(count)).iter().map(parse).collect()
 }
 
 /// The labels of the outputs, and whether their input timestamps never go down.

@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{counting, fill_changelog, ticking, POISON};
-use paystream_stack::kafka::{idempotent_producer, TopicSpec};
+use common::{
+    assert_exactly_once, counting, fill_changelog, producer, start_running, ticking, total_reached,
+    wait_running, TestTopics, OUTPUT_TIMEOUT, POISON, RUNNING_TIMEOUT,
+};
 use paystream_stack::settings::StackSettings;
 use paystream_stack::testkit::{self, consume_until, unique, Received};
 use paystream_topology::dlq::{HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC};
@@ -23,10 +25,6 @@ use paystream_topology::{ErrorPolicy, ProcessingGuarantee, Streams, StreamsConfi
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// How long a test waits for the runtime to join its group and restore.
-const RUNNING_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a test waits for expected output.
-const OUTPUT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Extra polling after the expected output, to catch duplicates.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -36,36 +34,29 @@ struct Topics {
     output: String,
     dlq: String,
     app: String,
+    harness: TestTopics,
 }
 
 impl Topics {
     async fn new(prefix: &str, partitions: i32) -> Self {
-        let settings = testkit::kafka_stack().await;
-        let base = unique(&format!("it.topology.{prefix}"));
-        let topics = Topics {
-            input: format!("{base}.in"),
-            output: format!("{base}.out"),
-            dlq: format!("{base}.dlq"),
-            app: base.replace('.', "-"),
-            settings,
-        };
-        paystream_stack::kafka::ensure_topics(
-            &topics.settings.kafka_bootstrap,
-            &[
-                TopicSpec::new(&topics.input, partitions),
-                TopicSpec::new(&topics.output, partitions),
-                TopicSpec::new(&topics.dlq, 1),
-            ],
+        let harness = TestTopics::create(
+            &format!("it.topology.{prefix}"),
+            &[("in", partitions), ("out", partitions), ("dlq", 1)],
         )
-        .await
-        .expect("creating test topics");
-        topics
+        .await;
+        Topics {
+            settings: harness.settings.clone(),
+            input: harness.name("in"),
+            output: harness.name("out"),
+            dlq: harness.name("dlq"),
+            app: harness.app.clone(),
+            harness,
+        }
     }
 
     fn config(&self, state_dir: &Path) -> StreamsConfig {
-        let mut config = StreamsConfig::new(&self.app, &self.settings.kafka_bootstrap, state_dir);
+        let mut config = self.harness.config(state_dir);
         config.error_policy = ErrorPolicy::DeadLetter { topic: self.dlq.clone() };
-        config.session_timeout = Duration::from_secs(6);
         config
     }
 
@@ -79,10 +70,6 @@ impl Topics {
     }
 }
 
-fn producer(settings: &StackSettings) -> BaseProducer {
-    idempotent_producer(&settings.kafka_bootstrap).create().expect("producer")
-}
-
 fn send(producer: &BaseProducer, topic: &str, key: &str, value: &[u8], timestamp_ms: Option<i64>) {
     let mut record = BaseRecord::to(topic).key(key).payload(value);
     if let Some(ts) = timestamp_ms {
@@ -90,44 +77,6 @@ fn send(producer: &BaseProducer, topic: &str, key: &str, value: &[u8], timestamp
     }
     producer.send(record).map_err(|(e, _)| e).expect("send");
     producer.poll(Duration::ZERO);
-}
-
-fn wait_running(streams: &Streams) {
-    let started = Instant::now();
-    while streams.state() != StreamsState::Running {
-        assert!(!streams.is_finished(), "the runtime stopped before running");
-        assert!(
-            started.elapsed() < RUNNING_TIMEOUT,
-            "runtime not RUNNING after {RUNNING_TIMEOUT:?}: {:?}",
-            streams.state()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Per key, the counts seen in order.
-fn counts_by_key(records: &[Received]) -> BTreeMap<String, Vec<u64>> {
-    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in records {
-        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
-        by_key.entry(key).or_default().push(r.value_str().parse().unwrap());
-    }
-    by_key
-}
-
-/// Every key has exactly the outputs 1..=n.
-fn assert_exactly_once(records: &[Received], expected: &BTreeMap<String, u64>) {
-    let by_key = counts_by_key(records);
-    for (key, n) in expected {
-        let seen = by_key.get(key).cloned().unwrap_or_default();
-        let want: Vec<u64> = (1..=*n).collect();
-        assert_eq!(seen, want, "key {key}: outputs must be exactly 1..={n}, no duplicate, no gap");
-    }
-    assert_eq!(by_key.len(), expected.len(), "no output for a key never sent");
-}
-
-fn total_reached(expected: usize) -> impl Fn(&[Received]) -> bool {
-    move |r: &[Received]| r.len() >= expected
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,9 +330,7 @@ async fn a_store_restored_from_its_changelog_equals_the_store_before() {
     let mut expected = BTreeMap::new();
     feed(&topics, 40, 5, &mut expected).await;
 
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(state.path()));
     let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
     consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(200));
     let before = streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap();
@@ -392,9 +339,7 @@ async fn a_store_restored_from_its_changelog_equals_the_store_before() {
     streams.close().unwrap();
 
     // Same state directory: restored from the checkpoint, nothing to replay.
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(state.path()));
     assert_eq!(streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap(), before);
     let replayed = streams.metrics().restore_records.with_label_values(&["counts"]).get();
     assert_eq!(replayed, 0, "a clean checkpoint leaves nothing to restore");
@@ -402,9 +347,7 @@ async fn a_store_restored_from_its_changelog_equals_the_store_before() {
 
     // A new machine: no local state; everything comes from the changelog.
     let fresh = tempfile::tempdir().unwrap();
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(fresh.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(fresh.path()));
     let after = streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap();
     assert_eq!(after, before, "restored store equals the store before");
     assert!(streams.metrics().restore_records.with_label_values(&["counts"]).get() >= 40);
@@ -424,8 +367,7 @@ async fn a_store_restored_from_its_changelog_equals_the_store_before() {
 async fn two_instances_split_the_partitions_and_the_survivor_takes_over() {
     let topics = Topics::new("rebalance", 4).await;
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Streams::start(counting(&topics.input, &topics.output), topics.config(state_a.path())).unwrap();
-    wait_running(&a);
+    let a = start_running(counting(&topics.input, &topics.output), topics.config(state_a.path()));
     let b = Streams::start(counting(&topics.input, &topics.output), topics.config(state_b.path())).unwrap();
     let started = Instant::now();
     while !(a.assigned_partitions().len() == 2
@@ -518,8 +460,7 @@ async fn punctuators_fire_on_wall_clock_without_input_and_on_stream_time_with_it
     let state = tempfile::tempdir().unwrap();
     let topology =
         ticking(&topics.input, &topics.output, Duration::from_millis(300), Duration::from_secs(10));
-    let streams = Streams::start(topology, topics.config(state.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(topology, topics.config(state.path()));
     let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
     let walls = consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, |r| {
         r.iter().filter(|r| r.value_str().starts_with("wall:")).count() >= 3
@@ -672,9 +613,7 @@ async fn a_task_restoring_a_large_changelog_does_not_hold_back_another_tasks_inp
     let changelog = format!("{}-counts-changelog", topics.app);
     // A first run creates the changelog (with the configuration the runtime checks).
     let first = tempfile::tempdir().unwrap();
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(first.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(first.path()));
     streams.close().unwrap();
     fill_changelog(&topics.settings, &changelog, 0, LARGE_CHANGELOG_RECORDS);
 
@@ -737,9 +676,7 @@ async fn a_warm_restart_after_a_clean_stop_reads_no_changelog() {
     let state = tempfile::tempdir().unwrap();
     let mut expected = BTreeMap::new();
     feed(&topics, 40, 5, &mut expected).await;
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(state.path()));
     let reader = testkit::consumer(&topics.settings, &topics.output, "read_committed");
     consume_until(&reader, OUTPUT_TIMEOUT, Duration::ZERO, total_reached(200));
     let mut before = streams.store("counts").unwrap().range(b"", None, UNLIMITED).unwrap();
@@ -747,9 +684,7 @@ async fn a_warm_restart_after_a_clean_stop_reads_no_changelog() {
 
     for restart in 1..=2 {
         let started = Instant::now();
-        let streams =
-            Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
-        wait_running(&streams);
+        let streams = start_running(counting(&topics.input, &topics.output), topics.config(state.path()));
         // Measured for the record, not asserted: the assertions are on what was read.
         eprintln!("warm restart {restart}: running after {} ms", started.elapsed().as_millis());
         let metrics = streams.metrics();
@@ -785,9 +720,7 @@ async fn a_restore_waits_for_a_transaction_below_the_end_and_includes_it_once_co
     let topics = Topics::new("stable", 2).await;
     let changelog = format!("{}-counts-changelog", topics.app);
     let first = tempfile::tempdir().unwrap();
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(first.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(first.path()));
     streams.close().unwrap();
 
     // A previous owner's last transaction: its changelog records are written (below the high
@@ -845,9 +778,7 @@ async fn a_restore_waits_for_a_transaction_below_the_end_and_includes_it_once_co
 async fn dropping_a_running_instance_on_a_tokio_worker_does_not_wait_for_its_stop() {
     let topics = Topics::new("drop", 1).await;
     let state = tempfile::tempdir().unwrap();
-    let streams =
-        Streams::start(counting(&topics.input, &topics.output), topics.config(state.path())).unwrap();
-    wait_running(&streams);
+    let streams = start_running(counting(&topics.input, &topics.output), topics.config(state.path()));
     let handle = streams.shutdown_handle();
     // The stop (a commit, store closes, leaving the group) takes the broker's round trips; the
     // drop returns before it, on this worker.

@@ -1,12 +1,16 @@
 //! Topologies and the real-broker harness shared by the driver tests and the runtime tests.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use paystream_stack::kafka::idempotent_producer;
+use paystream_stack::kafka::{idempotent_producer, TopicSpec};
 use paystream_stack::settings::StackSettings;
+use paystream_stack::testkit::{self, unique, Received};
+use paystream_topology::runtime::StreamsState;
+use paystream_topology::{Streams, StreamsConfig};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use paystream_topology::topology::Serialized;
@@ -205,4 +209,142 @@ pub fn fill_changelog(settings: &StackSettings, topic: &str, partition: i32, cou
         }
     }
     producer.flush(FILL_FLUSH_TIMEOUT).expect("flushing the changelog records");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real-broker harness: a fresh topic set, an instance started on it and awaited, its
+// outputs read back and checked.
+
+/// How long a test waits for the runtime to join its group and restore.
+pub const RUNNING_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a test waits for expected output (or for a store to catch up with its changelog).
+pub const OUTPUT_TIMEOUT: Duration = Duration::from_secs(90);
+/// The instances' `session.timeout.ms` in tests: a dead instance's partitions move within
+/// seconds, not the default 10.
+pub const TEST_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// How often a wait looks at its condition again.
+const WAIT_STEP: Duration = Duration::from_millis(50);
+/// How long a test producer's flush may take.
+const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A test's own topics on the shared broker: `<prefix>.<unique>.<suffix>` each, and the
+/// application id derived from the same unique base, so that no two tests (or runs) meet.
+pub struct TestTopics {
+    /// The stack the topics live on.
+    pub settings: StackSettings,
+    /// `<prefix>.<unique>`: every topic's name starts with it.
+    pub base: String,
+    /// The application id: the base with dots as dashes (changelogs are `<app>-<store>-changelog`).
+    pub app: String,
+}
+
+impl TestTopics {
+    /// Creates the topics `(suffix, partitions)` under a fresh unique base.
+    pub async fn create(prefix: &str, topics: &[(&str, i32)]) -> Self {
+        let settings = testkit::kafka_stack().await;
+        let base = unique(prefix);
+        let created = Self { app: base.replace('.', "-"), base, settings };
+        let specs: Vec<TopicSpec> = topics
+            .iter()
+            .map(|(suffix, partitions)| TopicSpec::new(created.name(suffix), *partitions))
+            .collect();
+        paystream_stack::kafka::ensure_topics(&created.settings.kafka_bootstrap, &specs)
+            .await
+            .expect("creating test topics");
+        created
+    }
+
+    /// The full name of topic `suffix`.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.base)
+    }
+
+    /// An instance's configuration: this application on the stack's broker, state under
+    /// `state_dir`, a short session so that failovers are quick.
+    pub fn config(&self, state_dir: &Path) -> StreamsConfig {
+        let mut config = StreamsConfig::new(&self.app, &self.settings.kafka_bootstrap, state_dir);
+        config.session_timeout = TEST_SESSION_TIMEOUT;
+        config
+    }
+}
+
+/// Logs of the runtime, into the test's captured output (`RUST_LOG=paystream_topology=info`
+/// shows what it did about each fault; warnings by default).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits for `condition`, polling; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < timeout, "gave up after {timeout:?} waiting for {what}");
+        std::thread::sleep(WAIT_STEP);
+    }
+}
+
+/// Waits until `streams` is `Running` (joined, every task restored); panics if it stops first.
+pub fn wait_running(streams: &Streams) {
+    let started = Instant::now();
+    while streams.state() != StreamsState::Running {
+        assert!(!streams.is_finished(), "the runtime stopped before running");
+        assert!(
+            started.elapsed() < RUNNING_TIMEOUT,
+            "runtime not RUNNING after {RUNNING_TIMEOUT:?}: {:?}",
+            streams.state()
+        );
+        std::thread::sleep(WAIT_STEP);
+    }
+}
+
+/// Starts an instance and waits until it is `Running`.
+pub fn start_running<K, V>(topology: paystream_topology::Topology<K, V>, config: StreamsConfig) -> Streams
+where
+    K: Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let streams = Streams::start(topology, config).expect("starting the instance");
+    wait_running(&streams);
+    streams
+}
+
+/// An idempotent producer for a test's input.
+pub fn producer(settings: &StackSettings) -> BaseProducer {
+    idempotent_producer(&settings.kafka_bootstrap).create().expect("producer")
+}
+
+/// Flushes a test producer.
+pub fn flush(producer: &BaseProducer) {
+    producer.flush(PRODUCER_FLUSH_TIMEOUT).expect("flush");
+}
+
+/// A `consume_until` condition: at least `expected` records read.
+pub fn total_reached(expected: usize) -> impl Fn(&[Received]) -> bool {
+    move |r: &[Received]| r.len() >= expected
+}
+
+/// Per key, the counts the counting topology output, in order.
+pub fn counts_by_key(records: &[Received]) -> BTreeMap<String, Vec<u64>> {
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in records {
+        let key = String::from_utf8(r.key.clone().expect("keyed output")).expect("utf-8 key");
+        by_key.entry(key).or_default().push(r.value_str().parse().expect("a count"));
+    }
+    by_key
+}
+
+/// Every key has exactly the outputs 1..=n: no duplicate, no gap, and no key never sent.
+pub fn assert_exactly_once(records: &[Received], expected: &BTreeMap<String, u64>) {
+    let by_key = counts_by_key(records);
+    for (key, n) in expected {
+        let seen = by_key.get(key).cloned().unwrap_or_default();
+        let want: Vec<u64> = (1..=*n).collect();
+        assert_eq!(seen, want, "key {key}: outputs must be exactly 1..={n}, no duplicate, no gap");
+    }
+    assert_eq!(by_key.len(), expected.len(), "no output for a key never sent");
 }
