@@ -12,6 +12,18 @@
 //! (and the dispatcher's outcome: dispatcher ─▶ saga payments.dispatch-outcomes). The trace is
 //! also found by Jaeger's tag search on `payment_id`, as the README tells an operator to look.
 //!
+//! A second payment, sent at the same time, is one whose callback the simulator never sends (its
+//! decisions are pure functions of the seed and the payment id, `decide::Rates::plan`, so the test
+//! picks the ids): the saga's timeout decides it, and its trace must hold the timer's firing and
+//! the verification that follows:
+//!
+//! ```text
+//! test ─▶ api POST /api/v1/payment ─▶ saga payments.initiated ─▶ timers payments.timers
+//!   ─▶ timers fire ─▶ saga payments.timers ─▶ dispatcher payments.provider-requests
+//!   ─▶ dispatch GET /v1/charges/{key} (client) ─▶ provider-sim GET /v1/charges/{key}
+//! dispatcher payments.provider-requests ─▶ saga payments.dispatch-outcomes ─▶ settlement payments.results
+//! ```
+//!
 //! The processes use the production topics, consumer groups and ports (Debezium's outbox routes
 //! to the production topics), like `whole_flow.rs`: it refuses to start while `dev/run` holds the
 //! ports, and must not run during a chaos run.
@@ -21,6 +33,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use paystream_provider_sim::decide::{Fate, Rates, Verdict};
 use paystream_stack::supervisor::{self, Fleet, FlowEnvironment};
 use paystream_stack::testkit;
 use reqwest::StatusCode;
@@ -41,8 +54,18 @@ const EXPORT_INTERVAL_MS: u64 = 500;
 /// earlier run still in its session) delays the charge by up to a minute.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// The saga's payment timeout here, ms: long enough that a slow start charges the payment rather
-/// than time it out (the chain under test is the charged one).
+/// than time it out (the first chain under test is the charged one); the payment whose callback is
+/// lost is decided by it.
 const PAYMENT_TIMEOUT_MS: u64 = 120_000;
+/// The simulator's seed, and the share of callbacks it loses: half, so that ids of either fate are
+/// found within a few draws.
+const SIM_SEED: u64 = 14;
+const LOST_RATE: f64 = 0.5;
+/// The simulator's verdict delay here, ms.
+const DELAY_MS: (u64, u64) = (500, 600);
+/// Most payment ids drawn while looking for one of a given fate (at a half each, 64 draws all
+/// missing is a 2^-64 event: a broken draw, not bad luck).
+const ID_DRAWS_MAX: usize = 64;
 /// Budget for every span of the chain to be in Jaeger once the payment is settled.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between two polls (of the wallet database, of Jaeger).
@@ -98,34 +121,83 @@ fn spans(trace: &Value) -> Vec<Span> {
         .unwrap_or_default()
 }
 
-/// The hops of the chain, in order: (service, operation).
-const CHAIN: [(&str, &str); 9] = [
-    ("paystream-api", "POST /api/v1/payment"),
-    ("paystream-saga", "saga payments.initiated"),
-    ("paystream-dispatch", "dispatcher payments.provider-commands"),
-    ("paystream-dispatch", "POST /v1/charges"),
-    ("paystream-provider-sim", "POST /v1/charges"),
-    ("paystream-provider-sim", "provider-sim callbacks"),
-    ("paystream-api", "POST /api/v1/callback"),
-    ("paystream-saga", "saga payments.callbacks"),
-    ("paystream-settle", "settlement payments.results"),
+/// One hop of a trace: its service and operation, and the hop it is the child of (an index into
+/// the same list; `None`: the test's own root span).
+type Hop = (&'static str, &'static str, Option<usize>);
+
+/// The charged payment's hops, each the child of the one before.
+const CHAIN: [Hop; 9] = [
+    ("paystream-api", "POST /api/v1/payment", None),
+    ("paystream-saga", "saga payments.initiated", Some(0)),
+    ("paystream-dispatch", "dispatcher payments.provider-commands", Some(1)),
+    ("paystream-dispatch", "POST /v1/charges", Some(2)),
+    ("paystream-provider-sim", "POST /v1/charges", Some(3)),
+    ("paystream-provider-sim", "provider-sim callbacks", Some(4)),
+    ("paystream-api", "POST /api/v1/callback", Some(5)),
+    ("paystream-saga", "saga payments.callbacks", Some(6)),
+    ("paystream-settle", "settlement payments.results", Some(7)),
 ];
 
-/// The span of each hop of [`CHAIN`], each the child of the one before, the first the child of
-/// `root_span` (the test's own); `Err` names the first hop missing or attached elsewhere.
-fn chain<'a>(spans: &'a [Span], root_span: &str) -> Result<Vec<&'a Span>, String> {
-    let mut parent = root_span.to_owned();
-    let mut found = Vec::new();
-    for (service, operation) in CHAIN {
+/// The hops of the payment its timeout decides: the scheduling, the firing, the saga's status
+/// query at the provider, its answer and the result.
+const TIMEOUT_CHAIN: [Hop; 11] = [
+    ("paystream-api", "POST /api/v1/payment", None),
+    ("paystream-saga", "saga payments.initiated", Some(0)),
+    ("paystream-timers", "timers payments.timers", Some(1)),
+    ("paystream-timers", "timers fire", Some(2)),
+    ("paystream-saga", "saga payments.timers", Some(3)),
+    ("paystream-dispatch", "dispatcher payments.provider-requests", Some(4)),
+    ("paystream-dispatch", "GET /v1/charges/{key}", Some(5)),
+    ("paystream-provider-sim", "GET /v1/charges/{key}", Some(6)),
+    ("paystream-saga", "saga payments.dispatch-outcomes", Some(5)),
+    ("paystream-settle", "settlement payments.results", Some(8)),
+    // Not a hop of the verdict, but of the trace: the dispatcher's outcome of the charge.
+    ("paystream-dispatch", "dispatcher payments.provider-commands", Some(1)),
+];
+
+/// The span of each of `hops`, each the child of its parent hop's span (the first of the test's
+/// `root_span`); `Err` names the first hop missing or attached elsewhere.
+fn chain<'a>(spans: &'a [Span], root_span: &str, hops: &[Hop]) -> Result<Vec<&'a Span>, String> {
+    let mut found: Vec<&Span> = Vec::new();
+    for (service, operation, parent) in hops {
+        let parent = parent.map_or(root_span, |hop| found[hop].id.as_str());
         let Some(span) = spans.iter().find(|s| {
-            s.service == service && s.operation == operation && s.parent.as_deref() == Some(parent.as_str())
+            s.service == *service && s.operation == *operation && s.parent.as_deref() == Some(parent)
         }) else {
             return Err(format!("no span {service} \"{operation}\" that is the child of span {parent}"));
         };
-        parent = span.id.clone();
         found.push(span);
     }
     Ok(found)
+}
+
+/// A payment id whose charge the simulator (`rates`) charges and whose callback's fate is `fate`.
+fn payment_id_with(rates: &Rates, fate: Fate) -> Uuid {
+    (0..ID_DRAWS_MAX)
+        .map(|_| Uuid::new_v4())
+        .find(|id| {
+            let plan = rates.plan(&id.to_string());
+            plan.fate == fate && plan.verdict == Verdict::Succeeded
+        })
+        .unwrap_or_else(|| {
+            panic!("no payment id of fate {fate:?} in {ID_DRAWS_MAX} draws: the draw is broken")
+        })
+}
+
+/// The simulator's decisions as `environment` configures it (FlowEnvironment's variables).
+fn sim_rates() -> Rates {
+    Rates {
+        seed: SIM_SEED,
+        delay_min: Duration::from_millis(DELAY_MS.0),
+        delay_max: Duration::from_millis(DELAY_MS.1),
+        success_ratio: 1.0,
+        duplicate_rate: 0.0,
+        reorder_rate: 0.0,
+        lost_rate: LOST_RATE,
+        charge_5xx_rate: 0.0,
+        charge_5xx_first: 0,
+        request_5xx_rate: 0.0,
+    }
 }
 
 fn repo_dir() -> PathBuf {
@@ -143,23 +215,25 @@ fn assert_ports_free() {
     }
 }
 
-/// The processes' environment: a provider without faults (one payment, one clean chain) whose
-/// callback comes after the dispatcher's outcome, a payment timeout no slow start reaches, and
-/// export to the local Jaeger.
+/// The processes' environment: a provider without faults but lost callbacks (each payment one
+/// clean chain; which ones are lost is [`sim_rates`]' decision), whose callback comes after the
+/// dispatcher's outcome, a payment timeout no slow start reaches, and export to the local Jaeger.
 fn environment(state_dir: &Path) -> Vec<(String, String)> {
     let env = FlowEnvironment {
-        seed: 14,
-        delay_ms: (500, 600),
+        seed: SIM_SEED,
+        delay_ms: DELAY_MS,
         decline_rate: 0.0,
         duplicate_rate: 0.0,
         reorder_rate: 0.0,
-        lost_rate: 0.0,
+        lost_rate: LOST_RATE,
         provider_5xx_rate: 0.0,
         state_dir: Some(state_dir.to_owned()),
     };
     let mut vars: Vec<(String, String)> =
         env.vars().into_iter().filter(|(name, _)| name != "PAYSTREAM_PAYMENT_TIMEOUT_MS").collect();
     vars.push(("PAYSTREAM_PAYMENT_TIMEOUT_MS".into(), PAYMENT_TIMEOUT_MS.to_string()));
+    // Status queries answered at once (the simulator's default fails a few with 503).
+    vars.push(("PAYSTREAM_PROVIDER_SIM_REQUEST_5XX_RATE".into(), "0".into()));
     vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), OTLP_ENDPOINT.into()));
     vars.push(("OTEL_BSP_SCHEDULE_DELAY".into(), EXPORT_INTERVAL_MS.to_string()));
     vars
@@ -193,7 +267,7 @@ async fn jaeger_get(http: &reqwest::Client, path: &str) -> Result<Value, String>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_payment_is_one_trace_from_the_api_to_settlement() {
+async fn one_payment_is_one_trace_from_the_api_to_settlement_and_through_its_timeout() {
     let settings = testkit::kafka_stack().await;
     let db = testkit::wallet_db(&settings).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client");
@@ -237,74 +311,41 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement() {
     .await;
     assert!(status.is_success(), "depositing: {status} {body}");
 
-    let trace_id = Uuid::new_v4().simple().to_string();
-    let root_span = Uuid::new_v4().simple().to_string()[..16].to_owned();
-    let payment_id = Uuid::new_v4();
-    let (status, body) = call(
-        &http,
-        "/api/v1/payment",
-        &testkit::bearer_token(user, false),
-        json!({
-            "paymentId": payment_id,
-            "wallet": wallet,
-            "amount": 12.5,
-            "kind": "mobile",
-            "description": "one payment, one trace",
-            "timestamp": "20261201-09:00:00:000000",
-        }),
-        &[("traceparent", format!("00-{trace_id}-{root_span}-01"))],
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "the payment: {body}");
-
-    // Settled: the wallet's transaction is no longer pending.
-    let started = Instant::now();
-    loop {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM wallet_transactions WHERE payment_id = $1")
-                .bind(payment_id)
-                .fetch_optional(&db)
-                .await
-                .expect("reading the payment's transaction");
-        if status.as_deref().is_some_and(|s| s != "PENDING") {
-            assert_eq!(status.as_deref(), Some("COMPLETED"), "a provider without faults charges it");
-            break;
-        }
-        let dead = fleet.dead();
-        assert!(dead.is_empty(), "{dead:?} died; logs in {}", log_dir.display());
-        assert!(
-            started.elapsed() < SETTLE_TIMEOUT,
-            "payment {payment_id} not settled after {SETTLE_TIMEOUT:?} (status {status:?}); logs in {}",
-            log_dir.display()
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
+    // Two payments under trace contexts of the test's own, at once: one charged and called back,
+    // one whose callback is lost, decided by its timeout.
+    let rates = sim_rates();
+    let charged = Traced::new(payment_id_with(&rates, Fate::Normal));
+    let timed_out = Traced::new(payment_id_with(&rates, Fate::Lost));
+    for payment in [&charged, &timed_out] {
+        let (status, body) = call(
+            &http,
+            "/api/v1/payment",
+            &testkit::bearer_token(user, false),
+            json!({
+                "paymentId": payment.payment_id,
+                "wallet": wallet,
+                "amount": 12.5,
+                "kind": "mobile",
+                "description": "one payment, one trace",
+                "timestamp": "20261201-09:00:00:000000",
+            }),
+            &[("traceparent", payment.traceparent())],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "the payment {}: {body}", payment.payment_id);
     }
 
-    // The whole chain in the one trace (spans arrive in batches, process by process).
-    let started = Instant::now();
-    let (trace, hops) = loop {
-        let answer = jaeger_get(&http, &format!("/api/traces/{trace_id}")).await;
-        let last = match &answer {
-            Ok(found) => {
-                let spans = spans(&found["data"][0]);
-                match chain(&spans, &root_span) {
-                    Ok(hops) => break (spans.clone(), hops.into_iter().cloned().collect::<Vec<_>>()),
-                    Err(missing) => format!("{missing}; the trace has {spans:#?}"),
-                }
-            }
-            Err(error) => error.clone(),
-        };
-        assert!(
-            started.elapsed() < TRACE_TIMEOUT,
-            "trace {trace_id} incomplete after {TRACE_TIMEOUT:?}: {last}\nlogs in {}",
-            log_dir.display()
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    };
-    eprintln!("trace {trace_id}: {} spans, chain of {}", trace.len(), hops.len());
+    let status = settled(&db, &mut fleet, charged.payment_id, SETTLE_TIMEOUT, &log_dir).await;
+    assert_eq!(status, "COMPLETED", "a provider without faults charges it");
+    let (trace, hops) = whole_trace(&http, &charged, &CHAIN, &log_dir).await;
+    eprintln!("trace {}: {} spans, chain of {}", charged.trace_id, trace.len(), hops.len());
     for hop in &hops {
         let tagged = hop.tags.get("payment_id").map(String::as_str);
-        assert_eq!(tagged, Some(payment_id.to_string().as_str()), "{hop:#?} is tagged with its payment");
+        assert_eq!(
+            tagged,
+            Some(charged.payment_id.to_string().as_str()),
+            "{hop:#?} is tagged with its payment"
+        );
     }
     // The dispatcher's outcome is in the trace too, under the dispatcher's span.
     assert!(
@@ -316,14 +357,119 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement() {
     );
 
     // An operator finds it by the payment's id (Jaeger's tag search), as the README says.
-    let tags = json!({ "payment_id": payment_id.to_string() }).to_string();
+    let tags = json!({ "payment_id": charged.payment_id.to_string() }).to_string();
     let search = format!("/api/traces?service=paystream-api&lookback=1h&limit=20&tags={}", url_encode(&tags));
     let found = jaeger_get(&http, &search).await.unwrap_or_else(|e| panic!("{e}"));
     let ids: Vec<&str> =
         found["data"].as_array().into_iter().flatten().filter_map(|t| t["traceID"].as_str()).collect();
-    assert_eq!(ids, [trace_id.as_str()], "the tag search finds the payment's one trace: {found}");
+    assert_eq!(ids, [charged.trace_id.as_str()], "the tag search finds the payment's one trace: {found}");
+
+    // The lost callback: the timer fires, the saga asks the provider, which holds the charge.
+    let budget = Duration::from_millis(PAYMENT_TIMEOUT_MS) + SETTLE_TIMEOUT;
+    let status = settled(&db, &mut fleet, timed_out.payment_id, budget, &log_dir).await;
+    assert_eq!(status, "COMPLETED", "the status query finds the charge");
+    let (trace, hops) = whole_trace(&http, &timed_out, &TIMEOUT_CHAIN, &log_dir).await;
+    eprintln!("trace {}: {} spans, timeout chain of {}", timed_out.trace_id, trace.len(), hops.len());
+    for hop in &hops {
+        let tagged = hop.tags.get("payment_id").map(String::as_str);
+        assert_eq!(
+            tagged,
+            Some(timed_out.payment_id.to_string().as_str()),
+            "{hop:#?} is tagged with its payment"
+        );
+    }
+    assert!(
+        !trace.iter().any(|s| s.operation == "POST /api/v1/callback"),
+        "the simulator lost this payment's callback, yet the trace has one: {trace:#?}"
+    );
 
     fleet.stop().await;
+}
+
+/// A payment sent under a trace context of the test's own.
+struct Traced {
+    payment_id: Uuid,
+    trace_id: String,
+    root_span: String,
+}
+
+impl Traced {
+    fn new(payment_id: Uuid) -> Self {
+        Self {
+            payment_id,
+            trace_id: Uuid::new_v4().simple().to_string(),
+            root_span: Uuid::new_v4().simple().to_string()[..16].to_owned(),
+        }
+    }
+
+    fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.root_span)
+    }
+}
+
+/// Waits until `payment_id`'s wallet transaction is no longer pending and returns its status.
+async fn settled(
+    db: &sqlx::PgPool,
+    fleet: &mut Fleet,
+    payment_id: Uuid,
+    budget: Duration,
+    log_dir: &Path,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM wallet_transactions WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_optional(db)
+                .await
+                .expect("reading the payment's transaction");
+        if let Some(status) = status.as_deref().filter(|s| *s != "PENDING") {
+            return status.to_owned();
+        }
+        let dead = fleet.dead();
+        assert!(dead.is_empty(), "{dead:?} died; logs in {}", log_dir.display());
+        assert!(
+            started.elapsed() < budget,
+            "payment {payment_id} not settled after {budget:?} (status {status:?}); logs in {}",
+            log_dir.display()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The payment's trace once it holds every one of `hops` (spans arrive in batches, process by
+/// process): all its spans, and the span of each hop.
+async fn whole_trace(
+    http: &reqwest::Client,
+    payment: &Traced,
+    hops: &[Hop],
+    log_dir: &Path,
+) -> (Vec<Span>, Vec<Span>) {
+    let started = Instant::now();
+    loop {
+        let answer = jaeger_get(http, &format!("/api/traces/{}", payment.trace_id)).await;
+        let last = match &answer {
+            Ok(found) => {
+                let spans = spans(&found["data"][0]);
+                match chain(&spans, &payment.root_span, hops) {
+                    Ok(found) => {
+                        let found = found.into_iter().cloned().collect();
+                        return (spans, found);
+                    }
+                    Err(missing) => format!("{missing}; the trace has {spans:#?}"),
+                }
+            }
+            Err(error) => error.clone(),
+        };
+        assert!(
+            started.elapsed() < TRACE_TIMEOUT,
+            "trace {} of payment {} incomplete after {TRACE_TIMEOUT:?}: {last}\nlogs in {}",
+            payment.trace_id,
+            payment.payment_id,
+            log_dir.display()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// Percent-encodes a query parameter's value (RFC 3986 unreserved characters stay).

@@ -469,10 +469,20 @@ fn request_fault(sim: &Sim, store: &mut Store, key: &str, operation: Operation) 
     Some(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage; nothing changed, retry"))
 }
 
+/// Tags the request's span with the payment its key names (the dispatcher's idempotency keys are
+/// paymentIds), as a charge's is: the saga's status queries, voids and refunds are found in the
+/// payment's trace by the same tag.
+fn record_key(key: &str) {
+    if let Ok(payment_id) = Uuid::parse_str(key) {
+        paystream_api::http_trace::record_payment(payment_id);
+    }
+}
+
 /// `GET /v1/charges/{key}`: where the charge stands (`charge`, `charged`), plus what the simulator
 /// decided and did, for people and tests.
 pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
     let Some(key) = path_key(&key) else { return invalid_key() };
+    record_key(key);
     let mut store = lock(&sim);
     if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Status) {
         return unavailable;
@@ -519,6 +529,7 @@ pub(crate) async fn show(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -
 /// `POST /v1/charges/{key}/void`: makes a key that holds no charge unchargeable for good.
 pub(crate) async fn void(State(sim): State<Arc<Sim>>, Path(key): Path<String>) -> Response {
     let Some(key) = path_key(&key) else { return invalid_key() };
+    record_key(key);
     let mut store = lock(&sim);
     if let Some(unavailable) = request_fault(&sim, &mut store, key, Operation::Void) {
         return unavailable;
@@ -560,6 +571,7 @@ struct RefundBody {
 /// `POST /v1/charges/{key}/refund`: gives a charge back, in full.
 pub(crate) async fn refund(State(sim): State<Arc<Sim>>, Path(key): Path<String>, body: Bytes) -> Response {
     let Some(key) = path_key(&key) else { return invalid_key() };
+    record_key(key);
     let asked = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
