@@ -36,6 +36,17 @@
 //! high watermark is not fetched at all. A clean stop catches each store up the same way (see
 //! `TaskManager::close_all`), so a warm restart reads nothing.
 //!
+//! # When a restore fails
+//! [`RestoreError::class`] sorts failures the way Kafka Streams' state updater does. A broker
+//! restarting or a leader moving (transport errors, all brokers down, fenced leader epochs,
+//! timeouts, a stall) is retriable: the stream thread backs off (the runtime's one policy,
+//! `backoff.rs`), [`ChangelogReader::interrupt_reading`] puts every changelog being read back at
+//! its restored position, and reading goes on from there: the records of the failed poll were
+//! never applied, so they are fetched again, and nothing is applied twice. An offset out of range
+//! (the restore consumer has `auto.offset.reset=error`, so librdkafka reports it instead of
+//! jumping to the end) means the changelog no longer holds what the store lacks: the task manager
+//! wipes the task and restores it from the beginning. Anything else stops the thread.
+//!
 //! # One changelog per partition number at a time
 //! rust-rdkafka's end-of-partition error names the partition number but not the topic. Two
 //! changelogs of one task share the number, so at most one changelog partition per number is
