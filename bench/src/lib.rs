@@ -40,3 +40,4 @@ pub mod report;
 pub mod restore;
 pub mod seed;
 pub mod server;
+pub mod wrk;

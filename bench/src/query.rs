@@ -6,26 +6,26 @@
 //! 1. Seed U users, each with a wallet and P payment views, straight into the read database
 //!    (deterministic ids, as `ingest` does, so pgbench addresses them without a lookup), then
 //!    `ANALYZE`.
-//! 2. For each query, pgbench then the real API in-process (closed loop, the same concurrency,
-//!    warm-up and window), one after the other, never at once.
+//! 2. For each query, pgbench then the real API in-process driven by wrk (`crate::wrk`: a C
+//!    load generator of pgbench's weight, so the API is not charged for a heavier client); both
+//!    closed loops with the same concurrency, threads, warm-up and measured time, one after the
+//!    other, never at once.
 //! 3. Print the table, write it and its JSON twin under `bench/results/` (`query-<UTC>`).
 //! 4. Remove the seeded rows, also when the run fails or is interrupted (Ctrl-C).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use chrono::Utc;
-use rand::Rng;
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::task::JoinSet;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::latency::{Summary, Tally, Window};
+use crate::latency::{Summary, Window};
 use crate::pgbench::{self, PgbenchPlan, Protocol};
+use crate::wrk::{self, WrkPlan};
 use crate::{machine, report, server};
 
 /// The most requests in flight / pgbench clients (Postgres allows 200 connections, shared).
@@ -34,7 +34,7 @@ pub const USERS_MAX: u32 = 100_000;
 pub const PAYMENTS_PER_USER_MAX: u32 = 10_000;
 pub const DURATION_S_MAX: u64 = 3_600;
 pub const WARMUP_S_MAX: u64 = 600;
-/// The longest a request may take before it counts as a `timeout` error.
+/// The longest a request may take before it counts as a `timeout` error (wrk's `--timeout`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bearer tokens outlive the run by this much.
 pub const TOKEN_TTL_MARGIN: Duration = Duration::from_secs(600);
@@ -85,12 +85,15 @@ pub struct Args {
     /// Seconds of load before the measurement starts, per side and query.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=WARMUP_S_MAX))]
     pub warmup_s: u64,
-    /// pgbench's worker threads (`-j`).
+    /// Worker threads of pgbench (`-j`) and of wrk (`-t`).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub pgbench_threads: u32,
     /// The pgbench executable.
     #[arg(long, env = "PGBENCH", default_value = "pgbench")]
     pub pgbench: PathBuf,
+    /// The wrk executable (the API's load generator).
+    #[arg(long, env = "WRK", default_value = "wrk")]
+    pub wrk: PathBuf,
     /// The folder of `get.pgbench` and `search.pgbench`.
     #[arg(long, default_value = DEFAULT_SCRIPTS_DIR)]
     pub scripts: PathBuf,
@@ -122,7 +125,8 @@ impl Seed {
         u64::from(self.users) * u64::from(self.per_user)
     }
 
-    /// The user payment `n` belongs to (the same rule as the pgbench scripts').
+    /// The user payment `n` belongs to (the same rule as the pgbench and wrk scripts').
+    #[cfg(test)]
     fn owner_of(&self, n: u64) -> u64 {
         (n - 1) % u64::from(self.users) + 1
     }
@@ -163,6 +167,7 @@ pub struct QueryResult {
     /// paystream's rate / pgbench's.
     pub ratio: f64,
     pub pgbench_command: String,
+    pub wrk_command: String,
 }
 
 /// The whole run, as written to `bench/results/query-<UTC>.json`.
@@ -300,7 +305,6 @@ async fn measure(
     let tokens: Vec<String> = (1..=u64::from(seed.users))
         .map(|n| server::token(seed.id(USER_INFIX, n), ttl))
         .collect::<anyhow::Result<_>>()?;
-    let tokens = Arc::new(tokens);
     let window = Window::after(Duration::from_secs(args.warmup_s), Duration::from_secs(args.duration_s));
     let mut results = Vec::new();
     for query in [Query::GetById, Query::Search] {
@@ -322,9 +326,23 @@ async fn measure(
             log_dir: std::env::temp_dir().join(format!("paystream-bench-query-{:08x}", seed.tag)),
         };
         let pgbench_run = pgbench::run(&plan).await?;
-        info!(query = query.describe(), "paystream");
-        let tally = drive(&api.base_url, query, seed, &tokens, args.concurrency, window).await?;
-        let paystream = tally.summarize(window.length());
+        info!(query = query.describe(), "paystream (wrk)");
+        let wrk_plan = WrkPlan {
+            program: args.wrk.clone(),
+            base_url: api.base_url.clone(),
+            script: wrk_script(query, seed, &tokens),
+            script_path: std::env::temp_dir().join(format!(
+                "paystream-bench-query-{:08x}-{}.lua",
+                seed.tag,
+                query.script()
+            )),
+            connections: args.concurrency,
+            threads: args.pgbench_threads,
+            warmup: Duration::from_secs(args.warmup_s),
+            duration: Duration::from_secs(args.duration_s),
+            timeout: REQUEST_TIMEOUT,
+        };
+        let (paystream, wrk_command) = wrk::run(&wrk_plan).await?;
         let pgbench = pgbench_run.tally.summarize(window.length());
         results.push(QueryResult {
             query,
@@ -332,75 +350,49 @@ async fn measure(
             paystream,
             pgbench,
             pgbench_command: pgbench_run.command,
+            wrk_command,
         });
     }
     api.stop().await?;
     Ok(results)
 }
 
-/// A closed loop of `concurrency` workers sending `query` until the window ends; requests that
-/// complete inside it count.
-async fn drive(
-    base_url: &str,
-    query: Query,
-    seed: &Seed,
-    tokens: &Arc<Vec<String>>,
-    concurrency: u32,
-    window: Window,
-) -> anyhow::Result<Tally> {
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency {
-        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
-        let (base_url, seed, tokens) = (base_url.to_owned(), seed.clone(), Arc::clone(tokens));
-        workers.spawn(async move {
-            let mut tally = Tally::new();
-            while start.elapsed() < window.end {
-                let (url, user) = request(&base_url, query, &seed);
-                let sent = Instant::now();
-                let answer = client.get(url).bearer_auth(&tokens[(user - 1) as usize]).send().await;
-                let outcome = match answer {
-                    Ok(response) if response.status().is_success() => {
-                        response.bytes().await.map(|_| ()).map_err(|e| ("body".to_owned(), e.to_string()))
-                    }
-                    Ok(response) => Err((
-                        response.status().as_str().to_owned(),
-                        response.text().await.unwrap_or_default(),
-                    )),
-                    Err(e) if e.is_timeout() => Err(("timeout".to_owned(), e.to_string())),
-                    Err(e) => Err(("transport".to_owned(), e.to_string())),
-                };
-                if window.contains(start.elapsed()) {
-                    match outcome {
-                        Ok(()) => tally.success(sent.elapsed()),
-                        Err((kind, example)) => tally.error(&kind, &example),
-                    }
-                }
-            }
-            tally
-        });
-    }
-    let mut total = Tally::new();
-    while let Some(tally) = workers.join_next().await {
-        total.merge(tally.context("a load worker panicked")?);
-    }
-    Ok(total)
-}
-
-/// The next request's URL and the user (1-based) whose token it carries.
-fn request(base_url: &str, query: Query, seed: &Seed) -> (String, u64) {
-    let mut rng = rand::rng();
-    match query {
+/// The wrk script of `query`: `request()` picks a random seeded payment (GET by id, with its
+/// owner's token) or a random word and user (search), as the pgbench scripts do.
+fn wrk_script(query: Query, seed: &Seed, tokens: &[String]) -> String {
+    let request = match query {
         Query::GetById => {
-            let n = rng.random_range(1..=seed.payments());
-            (format!("{base_url}/api/v1/payments/{}", seed.id(PAYMENT_INFIX, n)), seed.owner_of(n))
+            "  local n = math.random(1, payments)\n  local u = (n - 1) % users + 1\n  \
+             return wrk.format(\"GET\", \"/api/v1/payments/\" .. payment_prefix .. string.format(\"%012x\", n),\n    \
+             { [\"Authorization\"] = \"Bearer \" .. tokens[u] })"
         }
         Query::Search => {
-            let word = WORDS[rng.random_range(0..WORDS.len())];
-            let user = rng.random_range(1..=u64::from(seed.users));
-            (format!("{base_url}/api/v1/payments?q={word}&limit={SEARCH_LIMIT}"), user)
+            "  local word = words[math.random(1, #words)]\n  local u = math.random(1, users)\n  \
+             return wrk.format(\"GET\", \"/api/v1/payments?q=\" .. word .. \"&limit=\" .. search_limit,\n    \
+             { [\"Authorization\"] = \"Bearer \" .. tokens[u] })"
         }
-    }
+    };
+    format!(
+        "-- paystream-bench query ({query}): generated per run.\n\
+         local tokens = {tokens}\n\
+         local words = {words}\n\
+         local users = {users}\n\
+         local payments = {payments}\n\
+         local search_limit = {SEARCH_LIMIT}\n\
+         local payment_prefix = {prefix}\n\
+         local threads = 0\n\
+         -- each thread its own random sequence\n\
+         function setup(thread)\n  threads = threads + 1\n  thread:set(\"seed\", threads)\nend\n\
+         function init(args)\n  math.randomseed({tag} + seed)\nend\n\
+         function request()\n{request}\nend\n",
+        query = query.describe(),
+        tokens = wrk::lua_array(tokens.iter().map(String::as_str)),
+        words = wrk::lua_array(WORDS),
+        users = seed.users,
+        payments = seed.payments(),
+        prefix = wrk::lua_string(&seed.prefix(PAYMENT_INFIX)),
+        tag = seed.tag,
+    )
 }
 
 /// The run as a markdown table.

@@ -17,6 +17,8 @@
 //! - **result**: `PaymentResult.decidedAt`, the saga's wall clock (its Kafka timestamp is the
 //!   callback's or timer's, as above).
 //! - **settled**: `wallet_transactions.settled_at`, `now()` of settlement's transaction.
+//! - **projected**: `payment_views.result_projected_at_us` in the read database, stamped by
+//!   its trigger (`clock_timestamp()`) when the JDBC sink first wrote the view with its result.
 //!
 //! A hop ends when its stage *stamped* a moment, so whatever happens after the stamp (a
 //! transaction's commit interval, Debezium's `poll.interval.ms` wait once it has read a
@@ -51,6 +53,7 @@ pub struct Timeline {
     pub callback: Option<At>,
     pub result: Option<At>,
     pub settled: Option<At>,
+    pub projected: Option<At>,
 }
 
 /// One measured span: from one moment to another.
@@ -127,13 +130,22 @@ pub const HOPS: &[Span] = &[
     },
 ];
 
-/// Off the path to the result: what the dispatcher takes to report its charge.
-pub const BRANCHES: &[Span] = &[Span {
-    name: "(branch) ChargeCommand → dispatch outcome",
-    covers: "the saga's commit; the dispatcher consumes, charges the provider, produces the outcome",
-    from: |t| t.commanded,
-    to: |t| t.dispatched,
-}];
+/// Off the path to the result: what the dispatcher takes to report its charge, and the read
+/// side's projection lag (issue 13's "time from the result's commit to the read store").
+pub const BRANCHES: &[Span] = &[
+    Span {
+        name: "(branch) ChargeCommand → dispatch outcome",
+        covers: "the saga's commit; the dispatcher consumes, charges the provider, produces the outcome",
+        from: |t| t.commanded,
+        to: |t| t.dispatched,
+    },
+    Span {
+        name: "(branch) PaymentResult → read database",
+        covers: "the saga's commit; paystream view folds it into the PaymentView; the JDBC sink upserts it",
+        from: |t| t.result,
+        to: |t| t.projected,
+    },
+];
 
 /// One span's figures over a run.
 #[derive(Clone, Debug, Serialize)]
@@ -217,6 +229,7 @@ mod tests {
             callback: at(offset_ms + 700),
             result: at(offset_ms + 800),
             settled: at(offset_ms + 900),
+            projected: at(offset_ms + 950),
         }
     }
 
@@ -230,6 +243,9 @@ mod tests {
         assert_eq!(names[5], "PaymentResult → settled");
         let totals = summarize(TOTALS, &[full(0)]);
         assert!((totals[0].p50_ms - 800.0).abs() < 1.0 && (totals[1].p50_ms - 900.0).abs() < 1.0);
+        let projection = &summarize(BRANCHES, &[full(0)])[1];
+        assert_eq!(projection.name, "(branch) PaymentResult → read database");
+        assert!((projection.p50_ms - 150.0).abs() < 1.0, "{}", projection.p50_ms);
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub const SETTLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(180);
 pub const WARM_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the wallet database is asked how many payments are settled.
 pub const SETTLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// After settling, how long the run waits for the read database to show every settled
+/// payment's result (the projection lag is measured by the rows' own stamps, not this wait).
+pub const PROJECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the read database is asked meanwhile.
+pub const PROJECTION_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the progress display is updated during the load.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// How long to wait for the wallet database and Kafka at start.
@@ -184,6 +189,7 @@ pub enum Phase {
     WarmUp,
     Payments,
     Settling,
+    Projecting,
     Reading,
 }
 
@@ -194,6 +200,7 @@ impl Phase {
             Phase::WarmUp => "warm-up",
             Phase::Payments => "payments",
             Phase::Settling => "settling",
+            Phase::Projecting => "read side",
             Phase::Reading => "reading",
         }
     }
@@ -369,12 +376,18 @@ async fn measure(
         ));
     }
 
-    observer.phase(Phase::Reading, Some(topics_read().len() as u64));
     let rows = payment_rows(db, &wallet_ids).await.context("reading the run's payments")?;
+    observer.phase(Phase::Projecting, Some(settled_total));
+    let (projected, projection_warning) =
+        projections(settings, &rows, |n| observer.progress(n, "results in the read database")).await;
+    observer.phase(Phase::Reading, Some(topics_read().len() as u64));
     let since_ms = (load_started - chrono::Duration::from_std(RECORDS_MARGIN)?).timestamp_millis();
     let (timelines, mut warnings) =
-        timelines(settings, codec, &outcome.sent, &rows, since_ms, |n| observer.progress(n, "topics read"))
-            .await?;
+        timelines(settings, codec, &outcome.sent, &rows, &projected, since_ms, |n| {
+            observer.progress(n, "topics read")
+        })
+        .await?;
+    warnings.extend(projection_warning);
 
     let totals = hops::summarize(hops::TOTALS, &timelines);
     let hop_summaries = hops::summarize(hops::HOPS, &timelines);
@@ -548,6 +561,56 @@ async fn payment_rows(db: &PgPool, wallets: &[Uuid]) -> sqlx::Result<Vec<Payment
     .await
 }
 
+/// When each settled payment's result reached the read database (`payment_views.
+/// result_projected_at_us`, stamped by its trigger), waiting at most [`PROJECTION_TIMEOUT`] for
+/// all of them; and a warning when some never showed (is `paystream view` running, and the
+/// `query-views` connector?). A read database that cannot be reached is a warning, not a failed
+/// run: the read side is measured beside the payment flow, not part of it.
+async fn projections(
+    settings: &StackSettings,
+    rows: &[PaymentRow],
+    progress: impl Fn(u64),
+) -> (HashMap<Uuid, DateTime<Utc>>, Option<String>) {
+    let settled: Vec<Uuid> = rows.iter().filter(|r| r.settled_at.is_some()).map(|r| r.payment_id).collect();
+    let query_db = match postgres::connect(&settings.query_db_url, STACK_TIMEOUT).await {
+        Ok(pool) => pool,
+        Err(error) => return (HashMap::new(), Some(format!("the read database was not reached: {error}"))),
+    };
+    let deadline = Instant::now() + PROJECTION_TIMEOUT;
+    loop {
+        let read = sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT payment_id, result_projected_at_us FROM payment_views \
+             WHERE payment_id = ANY($1) AND result_projected_at_us IS NOT NULL",
+        )
+        .bind(&settled)
+        .fetch_all(&query_db)
+        .await;
+        let found: HashMap<Uuid, DateTime<Utc>> = match read {
+            Ok(found) => found
+                .into_iter()
+                .filter_map(|(id, us)| Some((id, DateTime::from_timestamp_micros(us)?)))
+                .collect(),
+            Err(error) => {
+                return (HashMap::new(), Some(format!("reading the read database failed: {error}")))
+            }
+        };
+        progress(found.len() as u64);
+        if found.len() >= settled.len() || Instant::now() >= deadline {
+            let warning = (found.len() < settled.len()).then(|| {
+                format!(
+                    "{} of {} settled payments had no result in the read database {:.0} s later \
+                     (is `paystream view` running, and the query-views connector?)",
+                    settled.len() - found.len(),
+                    settled.len(),
+                    PROJECTION_TIMEOUT.as_secs_f64()
+                )
+            });
+            return (found, warning);
+        }
+        tokio::time::sleep(PROJECTION_POLL_INTERVAL).await;
+    }
+}
+
 /// The topics read for the timelines, and whether their values are needed.
 fn topics_read() -> [(&'static str, bool); 5] {
     [
@@ -565,14 +628,19 @@ async fn timelines(
     codec: &EventCodec,
     sent: &[Sent],
     rows: &[PaymentRow],
+    projected: &HashMap<Uuid, DateTime<Utc>>,
     since_ms: i64,
     read: impl Fn(u64),
 ) -> anyhow::Result<(Vec<Timeline>, Vec<String>)> {
     let mut by_payment: HashMap<Uuid, Timeline> = rows
         .iter()
         .map(|row| {
-            let timeline =
-                Timeline { accepted: Some(row.accepted_at), settled: row.settled_at, ..Timeline::default() };
+            let timeline = Timeline {
+                accepted: Some(row.accepted_at),
+                settled: row.settled_at,
+                projected: projected.get(&row.payment_id).copied(),
+                ..Timeline::default()
+            };
             (row.payment_id, timeline)
         })
         .collect();
