@@ -24,6 +24,10 @@
 //! dispatcher payments.provider-requests ─▶ saga payments.dispatch-outcomes ─▶ settlement payments.results
 //! ```
 //!
+//! A third payment comes through the Kafka door, a `PayOrder` on `pay.order` with the test's
+//! `traceparent` header: `orders pay.order` continues it, and the payment's chain goes on under it
+//! (saga, dispatcher, provider, callback, saga, settlement) through the inbox's outbox row.
+//!
 //! The processes use the production topics, consumer groups and ports (Debezium's outbox routes
 //! to the production topics), like `whole_flow.rs`: it refuses to start while `dev/run` holds the
 //! ports, and must not run during a chaos run.
@@ -33,7 +37,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use paystream_processors::orders::client::OrdersClient;
 use paystream_provider_sim::decide::{Fate, Rates, Verdict};
+use paystream_schemas::events::{topics, PayOrder};
+use paystream_schemas::money::Amount;
+use paystream_schemas::{time, EventCodec};
 use paystream_stack::supervisor::{self, Fleet, FlowEnvironment};
 use paystream_stack::testkit;
 use reqwest::StatusCode;
@@ -169,6 +177,32 @@ fn chain<'a>(spans: &'a [Span], root_span: &str, hops: &[Hop]) -> Result<Vec<&'a
         found.push(span);
     }
     Ok(found)
+}
+
+/// The hops of a payment ordered on `pay.order`: the inbox consumer's span, then the charged chain.
+const ORDER_CHAIN: [Hop; 9] = [
+    ("paystream-orders", "orders pay.order", None),
+    ("paystream-saga", "saga payments.initiated", Some(0)),
+    ("paystream-dispatch", "dispatcher payments.provider-commands", Some(1)),
+    ("paystream-dispatch", "POST /v1/charges", Some(2)),
+    ("paystream-provider-sim", "POST /v1/charges", Some(3)),
+    ("paystream-provider-sim", "provider-sim callbacks", Some(4)),
+    ("paystream-api", "POST /api/v1/callback", Some(5)),
+    ("paystream-saga", "saga payments.callbacks", Some(6)),
+    ("paystream-settle", "settlement payments.results", Some(7)),
+];
+
+/// An order id whose payment (`PayOrder::payment_id_for`) the simulator charges and calls back.
+fn order_id_charged(rates: &Rates) -> String {
+    (0..ID_DRAWS_MAX)
+        .map(|_| testkit::unique("trace-order"))
+        .find(|order| {
+            let plan = rates.plan(&PayOrder::payment_id_for(order).to_string());
+            plan.fate == Fate::Normal && plan.verdict == Verdict::Succeeded
+        })
+        .unwrap_or_else(|| {
+            panic!("no order id of a charged payment in {ID_DRAWS_MAX} draws: the draw is broken")
+        })
 }
 
 /// A payment id whose charge the simulator (`rates`) charges and whose callback's fate is `fate`.
@@ -334,6 +368,24 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement_and_through_its_tim
         .await;
         assert_eq!(status, StatusCode::OK, "the payment {}: {body}", payment.payment_id);
     }
+    let order_id = order_id_charged(&rates);
+    let ordered = Traced::new(PayOrder::payment_id_for(&order_id));
+    let command = PayOrder {
+        command_id: Uuid::new_v4(),
+        order_id,
+        user_id: user,
+        wallet_id: Some(wallet),
+        amount: "12.50".parse::<Amount>().expect("an amount").into(),
+        currency: "RUB".into(),
+        description: "one order, one trace".into(),
+        ordered_at: time::now(),
+    };
+    let orders = OrdersClient::new(
+        &settings.kafka_bootstrap,
+        EventCodec::new(&settings.schema_registry_url).expect("a registry codec"),
+    )
+    .expect("a producer");
+    orders.send_traced(topics::PAY_ORDER, &command, &ordered.traceparent()).await.expect("the order sent");
 
     let status = settled(&db, &mut fleet, charged.payment_id, SETTLE_TIMEOUT, &log_dir).await;
     assert_eq!(status, "COMPLETED", "a provider without faults charges it");
@@ -363,6 +415,12 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement_and_through_its_tim
     let ids: Vec<&str> =
         found["data"].as_array().into_iter().flatten().filter_map(|t| t["traceID"].as_str()).collect();
     assert_eq!(ids, [charged.trace_id.as_str()], "the tag search finds the payment's one trace: {found}");
+
+    // The order: the inbox consumer continues the command's trace, and the payment goes on under it.
+    let status = settled(&db, &mut fleet, ordered.payment_id, SETTLE_TIMEOUT, &log_dir).await;
+    assert_eq!(status, "COMPLETED", "the ordered payment is charged");
+    let (trace, hops) = whole_trace(&http, &ordered, &ORDER_CHAIN, &log_dir).await;
+    eprintln!("trace {}: {} spans, order chain of {}", ordered.trace_id, trace.len(), hops.len());
 
     // The lost callback: the timer fires, the saga asks the provider, which holds the charge.
     let budget = Duration::from_millis(PAYMENT_TIMEOUT_MS) + SETTLE_TIMEOUT;

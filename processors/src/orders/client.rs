@@ -45,9 +45,35 @@ impl OrdersClient {
         self.send_raw(topic, command.order_id.as_bytes(), &payload, &command.command_id.to_string()).await
     }
 
+    /// [`OrdersClient::send`] with a W3C `traceparent` header: the inbox consumer's span continues
+    /// the caller's trace, and so does the payment (the trace test).
+    pub async fn send_traced(
+        &self,
+        topic: &str,
+        command: &PayOrder,
+        traceparent: &str,
+    ) -> Result<(), SendError> {
+        let payload = self.codec.encode(command).await?;
+        let id = command.command_id.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "id", value: Some(&id) })
+            .insert(Header { key: paystream_stack::trace::TRACEPARENT, value: Some(traceparent) });
+        self.produce(topic, command.order_id.as_bytes(), &payload, headers).await
+    }
+
     /// Produces `payload` as it is (the tests' poison commands).
     pub async fn send_raw(&self, topic: &str, key: &[u8], payload: &[u8], id: &str) -> Result<(), SendError> {
         let headers = OwnedHeaders::new().insert(Header { key: "id", value: Some(id) });
+        self.produce(topic, key, payload, headers).await
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), SendError> {
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         self.producer
             .send(record, Timeout::After(Duration::from_millis(DELIVERY_TIMEOUT_MS)))
