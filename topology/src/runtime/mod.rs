@@ -42,6 +42,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 
+pub use producer::flush_in_steps;
 pub use shutdown::ShutdownHandle;
 
 use crate::dlq::ErrorPolicy;

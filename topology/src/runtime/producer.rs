@@ -187,15 +187,7 @@ impl TransactionalProducer {
     /// Every commit with a record in flight (all of them) so waited 100 ms or more after the last
     /// delivery: the floor of a commit, and of every hop through the runtime.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.producer.flush(Duration::ZERO) {
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
-                    self.producer.poll(FLUSH_POLL_STEP);
-                }
-                done => return done,
-            }
-        }
+        flush_in_steps(&self.producer, timeout)
     }
 
     /// Sends one record, waiting while librdkafka's queue is full.
@@ -231,6 +223,22 @@ impl TransactionalProducer {
                 }
                 Err((error, _)) => return Err(error),
             }
+        }
+    }
+}
+
+/// Waits until every record `producer` sent is delivered and its report served, polling in
+/// steps of [`FLUSH_POLL_STEP`] instead of rdkafka's 100 ms (see [`TransactionalProducer::flush`]).
+/// Public for the join benchmark's raw rdkafka peer, which must not carry a floor the runtime
+/// does not.
+pub fn flush_in_steps<C: ProducerContext>(producer: &BaseProducer<C>, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::ZERO) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
+                producer.poll(FLUSH_POLL_STEP);
+            }
+            done => return done,
         }
     }
 }
