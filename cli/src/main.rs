@@ -22,6 +22,7 @@ mod schemas;
 mod settle;
 mod shutdown;
 mod status;
+mod streams;
 mod telemetry;
 mod token;
 mod topics;

@@ -15,7 +15,7 @@
 //! into the pointer. See `processors/src/view/rebuild.rs`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -25,7 +25,9 @@ use paystream_processors::view::processor::{self, ViewRecord, ViewTopics};
 use paystream_processors::view::rebuild;
 use paystream_schemas::EventCodec;
 use paystream_stack::StackSettings;
-use paystream_topology::{ErrorPolicy, Streams, StreamsConfig, Topology};
+use paystream_topology::{Streams, Topology};
+
+use crate::streams::{config, Common};
 use uuid::Uuid;
 
 /// How often the live view rereads the pointer to its application id.
@@ -62,31 +64,11 @@ struct RebuildArgs {
     stall_timeout_s: u64,
 }
 
-#[derive(clap::Args)]
-struct Common {
-    /// Local state (RocksDB stores, checkpoints, the pointer to the live application id).
-    #[arg(long, env = "PAYSTREAM_STATE_DIR", default_value = "/var/lib/paystream/state")]
-    state_dir: PathBuf,
-    /// Stable identity of this instance (part of its transactional.id); default: kept in the state dir.
-    #[arg(long, env = "PAYSTREAM_INSTANCE_ID")]
-    instance_id: Option<String>,
-    /// Dead-letter topic for poison records.
-    #[arg(long, env = "PAYSTREAM_DLQ_TOPIC", default_value = "payments.dlq")]
-    dlq_topic: String,
-}
-
 pub async fn run(settings: &StackSettings, args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Rebuild(rebuild)) => run_rebuild(settings, rebuild).await,
         None => run_live(settings, &args.common, args.application_id.as_deref(), args.metrics_listen).await,
     }
-}
-
-fn config(settings: &StackSettings, application_id: &str, common: &Common) -> StreamsConfig {
-    let mut config = StreamsConfig::new(application_id, &settings.kafka_bootstrap, &common.state_dir);
-    config.instance_id = common.instance_id.clone();
-    config.error_policy = ErrorPolicy::DeadLetter { topic: common.dlq_topic.clone() };
-    config
 }
 
 fn topology(settings: &StackSettings, metrics: ViewMetrics) -> anyhow::Result<Topology<Uuid, ViewRecord>> {
