@@ -72,9 +72,27 @@ pub fn restore_consumer<C: ConsumerContext>(
         .set("fetch.wait.max.ms", RESTORE_FETCH_WAIT.as_millis().to_string())
         // Bigger fetches than the default 1 MiB per partition: restoration is a bulk read.
         .set("fetch.max.bytes", "67108864")
-        .set("max.partition.fetch.bytes", "16777216");
+        .set("max.partition.fetch.bytes", "16777216")
+        // Each changelog partition has its own queue (read in batches, see `restore.rs`), and
+        // these bounds apply per partition. librdkafka stops fetching a partition whose queue
+        // holds `queued.min.messages` (100,000 by default: fewer than one 16 MiB fetch of small
+        // records) and then waits `fetch.queue.backoff.ms` (1 s by default) before it looks
+        // again, although restoration drains a fetch in a fraction of that: the restore sat idle
+        // most of the time. The queue is bounded by bytes instead, and looked at again soon.
+        .set("queued.min.messages", RESTORE_QUEUED_MIN_MESSAGES.to_string())
+        .set("queued.max.messages.kbytes", RESTORE_QUEUED_MAX_KBYTES.to_string())
+        .set("fetch.queue.backoff.ms", RESTORE_FETCH_QUEUE_BACKOFF.as_millis().to_string());
     client.create_with_context(context)
 }
+
+/// Records per changelog partition the restore consumer keeps fetched ahead at least: more
+/// than `RESTORE_QUEUED_MAX_KBYTES` holds, so the byte bound is the one that applies.
+const RESTORE_QUEUED_MIN_MESSAGES: u32 = 10_000_000;
+/// Kibibytes per changelog partition the restore consumer fetches ahead at most (one more fetch
+/// of `max.partition.fetch.bytes` may overshoot it): 16 MiB, as the main consumer's whole queue.
+const RESTORE_QUEUED_MAX_KBYTES: u32 = 16_384;
+/// How soon the restore consumer looks again at a partition whose queue was full.
+const RESTORE_FETCH_QUEUE_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Longest time the broker holds a restore fetch that has no records yet.
 pub const RESTORE_FETCH_WAIT: Duration = Duration::from_millis(10);
