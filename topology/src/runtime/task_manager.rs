@@ -753,12 +753,13 @@ fn resume_one<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, parti
 /// Whether `topic`/`partition` is caught up: the consumer's position (past the last record or
 /// transaction marker polled) has reached the high watermark of the partition's last fetch
 /// response, or the partition's log is empty. Both are librdkafka's cached values: no request.
-/// Anything unknown (no fetch response yet, nothing polled since the assignment) is `Behind`,
-/// whose wait is bounded by `UNFETCHED_DATA_WAIT`.
+/// Anything unknown (no fetch response yet, nothing polled since the assignment) is `Unknown`,
+/// whose wait is bounded by `UNFETCHED_DATA_WAIT`; a known end beyond the position is `Behind`,
+/// bounded by `FETCH_WAIT`.
 fn caught_up<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Caught {
     use rdkafka::bindings::{rd_kafka_get_watermark_offsets, rd_kafka_position};
     use rdkafka::types::RDKafkaRespErr;
-    let Ok(c_topic) = CString::new(topic) else { return Caught::Behind };
+    let Ok(c_topic) = CString::new(topic) else { return Caught::Unknown };
     let client = consumer.client().native_ptr();
     let (mut low, mut high) = (-1_i64, -1_i64);
     // SAFETY: `client` is the live handle of `consumer`, borrowed for this call; `c_topic` is a
@@ -767,20 +768,20 @@ fn caught_up<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partit
     let error =
         unsafe { rd_kafka_get_watermark_offsets(client, c_topic.as_ptr(), partition, &mut low, &mut high) };
     if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
-        return Caught::Behind;
+        return Caught::Unknown;
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     // SAFETY: as above; `tpl` is a valid list owned here, which librdkafka fills in place.
     let error = unsafe { rd_kafka_position(client, tpl.ptr()) };
     if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
-        return Caught::Behind;
+        return Caught::Unknown;
     }
     match tpl.find_partition(topic, partition).map(|e| e.offset()) {
         Some(Offset::Offset(position)) if position >= high => Caught::Up,
         Some(Offset::Offset(_)) => Caught::Behind,
         _ if high == low => Caught::Up,
-        _ => Caught::Behind,
+        _ => Caught::Unknown,
     }
 }
 
