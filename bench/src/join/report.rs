@@ -619,7 +619,10 @@ mod tests {
         );
         assert!(md.contains("| (a) raw rdkafka, no state | 1000 | 50000 |"), "{md}");
         assert!(md.contains("(b) throughput ≥ 0.85 × (a)'s: measured 0.80× → **MISS**"), "{md}");
-        assert!(md.contains("(b) peak RSS ≤ 100 MiB (as a multiple of 100 MiB): measured 0.60× → **PASS**"), "{md}");
+        assert!(
+            md.contains("(b) peak RSS ≤ 100 MiB (as a multiple of 100 MiB): measured 0.60× → **PASS**"),
+            "{md}"
+        );
         assert!(
             report.warnings.iter().any(|w| w.contains("(d) Quix Streams") && w.contains("queueing")),
             "{:?}",

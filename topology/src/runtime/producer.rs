@@ -231,7 +231,10 @@ impl TransactionalProducer {
 /// steps of [`FLUSH_POLL_STEP`] instead of rdkafka's 100 ms (see [`TransactionalProducer::flush`]).
 /// Public for the join benchmark's raw rdkafka peer, which must not carry a floor the runtime
 /// does not.
-pub fn flush_in_steps<C: ProducerContext>(producer: &BaseProducer<C>, timeout: Duration) -> Result<(), KafkaError> {
+pub fn flush_in_steps<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
     loop {
         match producer.flush(Duration::ZERO) {
