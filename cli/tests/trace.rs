@@ -391,14 +391,7 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement_and_through_its_tim
     assert_eq!(status, "COMPLETED", "a provider without faults charges it");
     let (trace, hops) = whole_trace(&http, &charged, &CHAIN, &log_dir).await;
     eprintln!("trace {}: {} spans, chain of {}", charged.trace_id, trace.len(), hops.len());
-    for hop in &hops {
-        let tagged = hop.tags.get("payment_id").map(String::as_str);
-        assert_eq!(
-            tagged,
-            Some(charged.payment_id.to_string().as_str()),
-            "{hop:#?} is tagged with its payment"
-        );
-    }
+    assert_tagged(&hops, charged.payment_id);
     // The dispatcher's outcome is in the trace too, under the dispatcher's span.
     assert!(
         trace.iter().any(|s| s.service == "paystream-saga"
@@ -428,14 +421,7 @@ async fn one_payment_is_one_trace_from_the_api_to_settlement_and_through_its_tim
     assert_eq!(status, "COMPLETED", "the status query finds the charge");
     let (trace, hops) = whole_trace(&http, &timed_out, &TIMEOUT_CHAIN, &log_dir).await;
     eprintln!("trace {}: {} spans, timeout chain of {}", timed_out.trace_id, trace.len(), hops.len());
-    for hop in &hops {
-        let tagged = hop.tags.get("payment_id").map(String::as_str);
-        assert_eq!(
-            tagged,
-            Some(timed_out.payment_id.to_string().as_str()),
-            "{hop:#?} is tagged with its payment"
-        );
-    }
+    assert_tagged(&hops, timed_out.payment_id);
     assert!(
         !trace.iter().any(|s| s.operation == "POST /api/v1/callback"),
         "the simulator lost this payment's callback, yet the trace has one: {trace:#?}"
@@ -527,6 +513,15 @@ async fn whole_trace(
             log_dir.display()
         );
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Every span of a payment's chain carries its `payment_id` tag (what the tag search finds).
+fn assert_tagged(hops: &[Span], payment_id: Uuid) {
+    let expected = payment_id.to_string();
+    for hop in hops {
+        let tagged = hop.tags.get("payment_id").map(String::as_str);
+        assert_eq!(tagged, Some(expected.as_str()), "{hop:#?} is tagged with its payment");
     }
 }
 
