@@ -7,6 +7,9 @@ use anyhow::Context;
 use paystream_stack::connect::{ConnectClient, ConnectorDefinition};
 use paystream_stack::StackSettings;
 
+/// How long a restarted connector may keep showing its old FAILED state.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Create or update every connector defined in DIR, restart any part of it that had
@@ -34,7 +37,7 @@ pub async fn run(settings: &StackSettings, command: Command) -> anyhow::Result<(
                 client.apply(definition).await?;
                 if client.status(&definition.name).await.is_ok_and(|s| s.failure().is_some()) {
                     tracing::warn!(connector = %definition.name, "FAILED before this apply: restarting its failed parts once");
-                    client.restart_failed(&definition.name).await?;
+                    client.restart_failed(&definition.name, RESTART_TIMEOUT).await?;
                 }
                 let status = client.wait_until_running(&definition.name, timeout).await?;
                 tracing::info!(connector = %status.name, tasks = status.tasks.len(), "running");

@@ -187,10 +187,22 @@ impl ConnectClient {
     /// left alone. Re-applying an unchanged config does not restart a task that failed on a
     /// dependency that was away (the registry, at a restart of the stack), so `apply` callers
     /// do this once before they wait.
-    pub async fn restart_failed(&self, name: &str) -> Result<(), ConnectError> {
+    ///
+    /// Connect answers 202 and acts on it a moment later: until then the status still shows the
+    /// old FAILED state, which `wait_until_running` would take for a new failure. So this waits,
+    /// at most `timeout`, until no part reports FAILED; a part that fails again (its dependency
+    /// still away) is left for `wait_until_running` to report with its trace.
+    pub async fn restart_failed(&self, name: &str, timeout: Duration) -> Result<(), ConnectError> {
         let path = format!("/connectors/{name}/restart?includeTasks=true&onlyFailed=true");
         self.call("POST", &path, None).await?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(name).await?;
+            if status.failure().is_none() || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(REBALANCE_BACKOFF_MS)).await;
+        }
     }
 
     /// Names of all connectors.
